@@ -1,0 +1,29 @@
+# e3d2-hf: `make` sets up .venv and runs the main job; `make test` runs the test suite.
+# A GPU user installs their own CUDA torch into .venv first; setup keeps any torch it finds.
+PYTHON     ?= python3
+VENV       ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+RECIPE     ?= recipes/tiny.yaml
+BIN        := $(VENV)/bin
+
+.PHONY: all setup pipeline test clean
+
+all: pipeline
+
+$(BIN)/e3d2: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+setup: $(BIN)/e3d2
+
+pipeline: setup
+	$(BIN)/python scripts/prepare.py $(RECIPE)
+
+test: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest tests
+
+clean:
+	rm -rf runs .pytest_cache

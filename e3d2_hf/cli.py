@@ -1,0 +1,47 @@
+"""`e3d2` command line: one subcommand per user-facing task, each implemented by a library module.
+
+A subcommand's module defines `add_arguments(parser)` and `run(args) -> int | None`; modules are
+imported only when their subcommand runs, so `e3d2 --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from e3d2_hf.utils import E3D2Error
+
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "prepare": ("e3d2_hf.data.build", "AIST++ or the embedded synthetic default -> datasets on disk"),
+    "metrics": ("e3d2_hf.metrics.protocol", "the paper's Table 1 metrics for a folder of dances"),
+    "dance": ("e3d2_hf.dance", "make a trained policy dance to a music file"),
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="e3d2", description="E3D2: dance generation with RL from a learned reward.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        subparser = subparsers.add_parser(name, help=help_text, description=help_text)
+        if command is None or command == name:
+            importlib.import_module(module_name).add_arguments(subparser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv and argv[0] in SUBCOMMANDS else None
+    args = build_parser(command).parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    module = importlib.import_module(SUBCOMMANDS[args.command][0])
+    try:
+        return int(module.run(args) or 0)
+    except E3D2Error as exc:
+        print(f"e3d2 {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

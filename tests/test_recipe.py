@@ -1,0 +1,70 @@
+"""Recipes: sections become config dataclasses, overrides win, unknown keys are rejected."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from e3d2_hf.recipe import load_recipe, parse_recipe, run_dir_of
+from e3d2_hf.utils import E3D2Error
+
+
+@dataclass
+class ToyStageConfig:
+    run_dir: str = "unset"
+    output_dir: str = "unset"
+    seed: int = 123
+    learning_rate: float = 1.0
+    epochs: int = 1
+    use_ema: bool = False
+
+
+def write_recipe(tmp_path, text):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_section_values_override_defaults_and_cli_overrides_section(tmp_path):
+    recipe = write_recipe(tmp_path, "run_name: toy\nruns_dir: out\nseed: 7\ntoy:\n  learning_rate: 0.5\n  use_ema: true\n")
+    config = parse_recipe(ToyStageConfig, "toy", [recipe, "--epochs", "3", "--learning_rate", "0.25"])
+    assert config.learning_rate == 0.25
+    assert config.epochs == 3
+    assert config.use_ema is True
+    assert config.seed == 7
+    assert config.run_dir == "out/toy"
+    assert config.output_dir == "out/toy/toy"
+
+
+def test_unknown_key_is_rejected_by_name(tmp_path):
+    recipe = write_recipe(tmp_path, "run_name: toy\ntoy:\n  learnig_rate: 0.5\n")
+    with pytest.raises(E3D2Error, match="learnig_rate"):
+        parse_recipe(ToyStageConfig, "toy", [recipe])
+
+
+def test_unknown_override_is_rejected(tmp_path):
+    recipe = write_recipe(tmp_path, "run_name: toy\n")
+    with pytest.raises(E3D2Error, match="override"):
+        parse_recipe(ToyStageConfig, "toy", [recipe, "--no_such_field", "1"])
+
+
+def test_missing_section_gives_defaults(tmp_path):
+    recipe = write_recipe(tmp_path, "run_name: toy\n")
+    config = parse_recipe(ToyStageConfig, "toy", [recipe])
+    assert config.learning_rate == 1.0 and config.seed == 123
+    assert str(run_dir_of(load_recipe(recipe))) == "runs/toy"
+
+
+@pytest.mark.parametrize(
+    "text,problem",
+    [("- a\n- b\n", "run_name"), ("run_name: x\nbogus: 3\n", "bogus"), ("run_name: [unclosed\n", "YAML")],
+)
+def test_malformed_recipes_name_the_problem(tmp_path, text, problem):
+    with pytest.raises(E3D2Error, match=problem):
+        load_recipe(write_recipe(tmp_path, text))
+
+
+def test_shipped_recipes_parse():
+    for name in ("tiny.yaml", "e3d2.yaml"):
+        recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / name)
+        assert recipe["run_name"]
