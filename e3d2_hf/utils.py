@@ -85,6 +85,7 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = True) -> Itera
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
     try:
         yield tmp
     except BaseException:
@@ -108,6 +109,7 @@ def atomic_file(target: str | os.PathLike, mode: str = "wb") -> Iterator[io.IOBa
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; the result is an ordinary file
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle

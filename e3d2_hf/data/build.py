@@ -1,0 +1,355 @@
+"""`e3d2 prepare`: AIST++ (or the embedded synthetic default) -> a `datasets.DatasetDict` on disk.
+
+One row per dance sequence, in the official splits, with everything later stages need and
+nothing they would have to recompute: joints at 60 fps (SMPL FK), music features at 60 fps
+aligned frame by frame with the joints, and music features at 7.5 fps, one per 8-frame pose-code
+step. A manifest records where the data came from (with content hashes), so a run can be traced
+back to its inputs. The folder appears only when complete (written through `atomic_directory`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from e3d2_hf import __version__
+from e3d2_hf.data import music
+from e3d2_hf.data.aistpp import SPLITS, AISTPPSequence, motion_joints, music_id_from_name, read_split
+from e3d2_hf.skeleton import GENDERS, NUM_JOINTS
+from e3d2_hf.utils import E3D2Error, atomic_directory, atomic_file, file_sha256
+
+logger = logging.getLogger(__name__)
+
+MOTION_FPS = 60.0
+MUSIC_FPS_LOW = 7.5  # one music frame per pose-code step
+FRAMES_PER_CODE_STEP = int(MOTION_FPS / MUSIC_FPS_LOW)  # the VQ-VAE downsamples time by 8
+MANIFEST_NAME = "manifest.json"
+COLUMNS = ("name", "music_id", "genre", "joints", "music_features", "music_features_7p5")
+# Motion and music longer apart than this are reported: they are probably not the same take.
+MAX_SILENT_MISMATCH_FRAMES = int(MOTION_FPS)
+
+
+def dataset_features() -> Any:
+    """The column types of every split (variable-length first dimension)."""
+    import datasets
+
+    return datasets.Features(
+        {
+            "name": datasets.Value("string"),
+            "music_id": datasets.Value("string"),
+            "genre": datasets.Value("string"),
+            "joints": datasets.Array3D(shape=(None, NUM_JOINTS, 3), dtype="float32"),
+            "music_features": datasets.Array2D(shape=(None, music.MUSIC_FEATURE_DIM), dtype="float32"),
+            "music_features_7p5": datasets.Array2D(shape=(None, music.MUSIC_FEATURE_DIM), dtype="float32"),
+        }
+    )
+
+
+def align_streams(
+    name: str, joints: np.ndarray, music_features: np.ndarray, music_features_7p5: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cut motion and 60 fps music to the shorter one; give the 7.5 fps music exactly ceil(T / 8) frames.
+
+    The 7.5 fps stream may come out one frame short of ceil(T / 8) (frame counts round
+    differently at the two sample rates); its last frame is then repeated.
+    """
+    frames = min(len(joints), len(music_features))
+    if abs(len(joints) - len(music_features)) > MAX_SILENT_MISMATCH_FRAMES:
+        logger.warning(
+            "%s: motion has %d frames, music %d (%.1f s apart); both cut to %d",
+            name, len(joints), len(music_features), abs(len(joints) - len(music_features)) / MOTION_FPS, frames,
+        )  # fmt: skip
+    steps = math.ceil(frames / FRAMES_PER_CODE_STEP)
+    low = music_features_7p5[:steps]
+    if len(low) < steps:
+        if len(low) == 0:
+            raise E3D2Error(f"{name}: music has no 7.5 fps frames")
+        low = np.concatenate([low, np.repeat(low[-1:], steps - len(low), axis=0)])
+    return joints[:frames], music_features[:frames], low
+
+
+@functools.lru_cache(maxsize=4)
+def _music_streams(path_text: str, feature_cache: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Both music feature streams of one file; many AIST++ dances share a piece of music."""
+    path = Path(path_text)
+    try:
+        high = music.music_features(path, fps=MOTION_FPS, cache=feature_cache)
+        low = music.music_features(path, fps=MUSIC_FPS_LOW, cache=feature_cache)
+    except E3D2Error:
+        raise
+    except Exception as exc:  # librosa/soundfile failures on odd audio: report the file, not a traceback
+        raise E3D2Error(f"{path}: cannot compute music features ({type(exc).__name__}: {exc})") from exc
+    return high, low
+
+
+def prepare_sequence(
+    sequence: AISTPPSequence,
+    gender: str = "male",
+    smpl_model_dir: str | os.PathLike | None = None,
+    feature_cache: bool = True,
+) -> dict[str, Any]:
+    """One dataset row for a sequence; raises `E3D2Error` naming the file at fault."""
+    music_id = music_id_from_name(sequence.name)
+    if not sequence.music_path.is_file():
+        raise E3D2Error(f"{sequence.music_path}: music file not found (needed by {sequence.name})")
+    joints = motion_joints(sequence.motion_path, gender=gender, smpl_model_dir=smpl_model_dir)
+    music_features, music_features_7p5 = _music_streams(str(sequence.music_path), feature_cache)
+    joints, music_features, music_features_7p5 = align_streams(
+        sequence.name, joints, music_features, music_features_7p5
+    )
+    if len(joints) == 0:
+        raise E3D2Error(f"{sequence.music_path}: music is empty (needed by {sequence.name})")
+    return {
+        "name": sequence.name,
+        "music_id": music_id,
+        "genre": sequence.genre,
+        "joints": joints.astype(np.float32),
+        "music_features": music_features.astype(np.float32),
+        "music_features_7p5": music_features_7p5.astype(np.float32),
+    }
+
+
+@dataclass
+class _SplitRows:
+    """Generator of one split's rows for `Dataset.from_generator`; remembers what it skipped and hashed."""
+
+    split: str
+    sequences: list[AISTPPSequence]
+    gender: str
+    smpl_model_dir: str | None
+    feature_cache: bool
+    frames: int = 0
+    rows: int = 0
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    motion_sha256: dict[str, str] = field(default_factory=dict)
+    music_sha256: dict[str, str] = field(default_factory=dict)
+
+    def __call__(self) -> Iterator[dict[str, Any]]:
+        for sequence in tqdm(self.sequences, desc=f"prepare {self.split}", unit="seq"):
+            try:
+                row = prepare_sequence(sequence, self.gender, self.smpl_model_dir, self.feature_cache)
+            except E3D2Error as exc:
+                logger.warning("skipping %s: %s", sequence.name, exc)
+                self.skipped.append({"name": sequence.name, "split": self.split, "reason": str(exc)})
+                continue
+            self.motion_sha256[sequence.name] = file_sha256(sequence.motion_path)
+            if row["music_id"] not in self.music_sha256:
+                self.music_sha256[row["music_id"]] = file_sha256(sequence.music_path)
+            self.rows += 1
+            self.frames += len(row["joints"])
+            yield row
+
+
+def _build_split(rows: _SplitRows, arrow_cache: str) -> Any:
+    import datasets
+
+    try:
+        return datasets.Dataset.from_generator(rows, features=dataset_features(), cache_dir=arrow_cache, split=rows.split)
+    except Exception:
+        if rows.rows == 0 and rows.skipped:
+            first = rows.skipped[0]
+            raise E3D2Error(
+                f"split '{rows.split}': none of its {len(rows.sequences)} sequences could be read "
+                f"(first: {first['reason']})"
+            ) from None
+        raise
+
+
+@contextlib.contextmanager
+def _only_our_progress_bars() -> Iterator[None]:
+    """Hide the `datasets` bars (one per split and per save) behind our per-sequence bar."""
+    import datasets
+
+    already_disabled = datasets.utils.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not already_disabled:
+            datasets.enable_progress_bars()
+
+
+def _synthetic_source(synthetic_dir: Path, num_sequences: int, seed: int) -> Path:
+    from e3d2_hf.data.synthetic import generate_synthetic_aistpp
+
+    if num_sequences < 3:
+        raise E3D2Error(f"--synthetic {num_sequences}: need at least 3 sequences (one per split)")
+    logger.info("writing %d synthetic sequences (seed %d) in the AIST++ layout to %s", num_sequences, seed, synthetic_dir)
+    with atomic_directory(synthetic_dir) as tmp:
+        generate_synthetic_aistpp(tmp, num_sequences, seed)
+    return synthetic_dir
+
+
+def prepare_dataset(
+    out_dir: str | os.PathLike,
+    *,
+    aistpp_dir: str | os.PathLike | None = None,
+    music_dir: str | os.PathLike | None = None,
+    synthetic_sequences: int | None = None,
+    seed: int = 0,
+    synthetic_dir: str | os.PathLike | None = None,
+    gender: str = "male",
+    smpl_model_dir: str | os.PathLike | None = None,
+    feature_cache: bool = True,
+) -> Path:
+    """Write the prepared DatasetDict (train/val/test) and its manifest to `out_dir`; returns `out_dir`.
+
+    Give either `aistpp_dir` (an AIST++ annotations folder; music in `music_dir`, default
+    `<aistpp_dir>/wavs`) or `synthetic_sequences` (the embedded default: that many procedural
+    sequences are first written in the AIST++ layout to `synthetic_dir`, default `<out_dir>_raw`,
+    then read like AIST++). A sequence that cannot be read is skipped with a warning and counted;
+    a split left without any sequence is an error.
+    """
+    import datasets
+
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    if (aistpp_dir is None) == (synthetic_sequences is None):
+        raise E3D2Error("prepare: give exactly one source, an AIST++ folder or a number of synthetic sequences")
+    if gender not in GENDERS:
+        raise E3D2Error(f"gender '{gender}': unknown SMPL body (choose one of {', '.join(GENDERS)})")
+    if smpl_model_dir is not None and not Path(smpl_model_dir).exists():
+        raise E3D2Error(f"{smpl_model_dir}: SMPL model folder not found")
+    if synthetic_sequences is not None:
+        if music_dir is not None:
+            raise E3D2Error("prepare: --music-dir applies to AIST++ only, the synthetic set brings its own music")
+        synthetic_dir = Path(synthetic_dir) if synthetic_dir is not None else out_dir.with_name(f"{out_dir.name}_raw")
+        source_dir = _synthetic_source(synthetic_dir, synthetic_sequences, seed)
+        source: dict[str, Any] = {"kind": "synthetic", "dir": str(source_dir), "num_sequences": synthetic_sequences, "seed": seed}
+    else:
+        source_dir = Path(aistpp_dir)
+        if music_dir is not None and not Path(music_dir).is_dir():
+            raise E3D2Error(f"{music_dir}: music folder not found")
+        source = {"kind": "aistpp", "dir": str(source_dir), "music_dir": str(music_dir or source_dir / "wavs")}
+
+    split_sequences = {split: read_split(source_dir, split, music_dir) for split in SPLITS}
+    for split, sequences in split_sequences.items():
+        if not sequences:
+            raise E3D2Error(f"{source_dir / 'splits' / f'crossmodal_{split}.txt'}: lists no sequence (after the ignore list)")
+
+    split_rows = {
+        split: _SplitRows(split, sequences, gender, None if smpl_model_dir is None else str(smpl_model_dir), feature_cache)
+        for split, sequences in split_sequences.items()
+    }
+    with atomic_directory(out_dir) as tmp, _only_our_progress_bars():
+        with tempfile.TemporaryDirectory(prefix=".e3d2-arrow-", dir=out_dir.parent) as arrow_cache:
+            dataset_dict = datasets.DatasetDict({split: _build_split(rows, arrow_cache) for split, rows in split_rows.items()})
+            dataset_dict.save_to_disk(str(tmp))
+            del dataset_dict  # release the memory-mapped cache files before the folder goes
+        manifest = _manifest(source, split_rows, gender, smpl_model_dir, time.perf_counter() - started)
+        with atomic_file(tmp / MANIFEST_NAME, "w") as handle:
+            json.dump(manifest, handle, indent=2)
+    skipped = manifest["skipped"]
+    logger.info(
+        "prepared %s in %.1f s: %s%s", out_dir, manifest["seconds_to_prepare"],
+        ", ".join(f"{split} {info['sequences']}" for split, info in manifest["splits"].items()),
+        f"; skipped {skipped} sequence(s), see {MANIFEST_NAME}" if skipped else "",
+    )  # fmt: skip
+    return out_dir
+
+
+def _manifest(
+    source: dict[str, Any],
+    split_rows: dict[str, _SplitRows],
+    gender: str,
+    smpl_model_dir: str | os.PathLike | None,
+    seconds: float,
+) -> dict[str, Any]:
+    music_sha256: dict[str, str] = {}
+    motion_sha256: dict[str, str] = {}
+    for rows in split_rows.values():
+        music_sha256.update(rows.music_sha256)
+        motion_sha256.update(rows.motion_sha256)
+    skipped = [entry for rows in split_rows.values() for entry in rows.skipped]
+    return {
+        "source": source,
+        "fps": MOTION_FPS,
+        "music_fps_7p5": MUSIC_FPS_LOW,
+        "music_feature_dim": music.MUSIC_FEATURE_DIM,
+        "beat_column": music.BEAT_COLUMN,
+        "joints": "SMPL 24 joints, metres, y up",
+        "skeleton": {"gender": gender, "smpl_model": str(smpl_model_dir) if smpl_model_dir else "built-in rest skeleton"},
+        "splits": {
+            split: {"sequences": rows.rows, "frames": rows.frames, "seconds": round(rows.frames / MOTION_FPS, 3)}
+            for split, rows in split_rows.items()
+        },
+        "skipped": len(skipped),
+        "skipped_sequences": skipped,
+        "inputs_sha256": {"motions": dict(sorted(motion_sha256.items())), "music": dict(sorted(music_sha256.items()))},
+        "package_version": __version__,
+        "seconds_to_prepare": round(seconds, 2),
+    }
+
+
+def load_prepared(run_data_dir: str | os.PathLike) -> Any:
+    """The prepared DatasetDict of a run (`RUN/data`); `E3D2Error` when missing or incomplete."""
+    import datasets
+
+    run_data_dir = Path(run_data_dir)
+    if not run_data_dir.is_dir():
+        raise E3D2Error(f"{run_data_dir}: prepared dataset not found (run `e3d2 prepare` first)")
+    if not (run_data_dir / MANIFEST_NAME).is_file() or not (run_data_dir / "dataset_dict.json").is_file():
+        raise E3D2Error(f"{run_data_dir}: incomplete prepared dataset (no {MANIFEST_NAME} or dataset_dict.json); prepare it again")
+    try:
+        dataset_dict = datasets.load_from_disk(str(run_data_dir))
+    except Exception as exc:
+        raise E3D2Error(f"{run_data_dir}: cannot load prepared dataset ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(dataset_dict, datasets.DatasetDict) or set(dataset_dict) != set(SPLITS):
+        raise E3D2Error(f"{run_data_dir}: expected splits {', '.join(SPLITS)}")
+    for split, dataset in dataset_dict.items():
+        missing = [column for column in COLUMNS if column not in dataset.column_names]
+        if missing:
+            raise E3D2Error(f"{run_data_dir}: split '{split}' lacks column(s) {', '.join(missing)}")
+    return dataset_dict
+
+
+def load_manifest(run_data_dir: str | os.PathLike) -> dict[str, Any]:
+    """The manifest written beside the prepared dataset."""
+    path = Path(run_data_dir) / MANIFEST_NAME
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise E3D2Error(f"{path}: not found (run `e3d2 prepare` first)") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise E3D2Error(f"{path}: unreadable manifest ({exc})") from exc
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--aistpp", metavar="DIR", help="AIST++ annotations folder (motions/, splits/, ignore_list.txt)")
+    source.add_argument("--synthetic", metavar="N_SEQUENCES", type=int, help="generate the embedded synthetic default")
+    parser.add_argument("--music-dir", metavar="DIR", help="AIST++ music folder with <music_id>.wav (default: <aistpp>/wavs)")
+    parser.add_argument("--out", metavar="RUN/data", required=True, help="folder for the prepared dataset")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic generator")
+    parser.add_argument("--synthetic-dir", metavar="DIR", help="where the synthetic AIST++ layout is written (default: <out>_raw)")
+    parser.add_argument("--smpl-model-dir", metavar="DIR", help="SMPL model files; default: the built-in rest skeleton")
+    parser.add_argument("--gender", choices=GENDERS, default="male", help="SMPL body (AIST++ uses male)")
+    parser.add_argument("--no-feature-cache", action="store_true", help="recompute music features instead of using the cache")
+
+
+def run(args: argparse.Namespace) -> int:
+    prepare_dataset(
+        args.out,
+        aistpp_dir=args.aistpp,
+        music_dir=args.music_dir,
+        synthetic_sequences=args.synthetic,
+        seed=args.seed,
+        synthetic_dir=args.synthetic_dir,
+        gender=args.gender,
+        smpl_model_dir=args.smpl_model_dir,
+        feature_cache=not args.no_feature_cache,
+    )
+    return 0

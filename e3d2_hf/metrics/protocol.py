@@ -1,0 +1,600 @@
+"""The reference evaluation protocol (Bailando's, used for the paper's Table 1) and `e3d2 metrics`.
+
+Protocol: every clip is brought to 60 fps (a 30 fps method is upsampled by linear interpolation,
+as later papers do); a generated clip keeps its first 1200 frames (20 s); generated and
+ground-truth clips are shifted so that the first frame's root is at the origin (this matters: the
+reference's energy-expenditure feature depends on absolute position). FID_k / FID_g and Div_k /
+Div_g come from the kinetic and manual features of those clips, BAS from the full generated clip
+(root kept) against the music's beat track, PFC from the protocol clips (y up, x 1e4).
+
+Ground-truth features are cached on disk keyed by the clip's content and FEATURE_VERSION, so
+re-evaluating against the same ground truth costs only the generated clips. Anything that would
+give a NaN raises `E3D2Error` or, where the result stays defined, emits a `MetricWarning`
+(documented where it is raised).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from e3d2_hf.metrics.features import (
+    FEATURE_VERSION,
+    KINETIC_FEATURE_DIM,
+    MANUAL_FEATURE_DIM,
+    MANUAL_FEATURES,
+    kinetic_features,
+    manual_features,
+    validate_joints,
+)
+from e3d2_hf.metrics.scores import (
+    BEAT_SMOOTHING_WINDOW,
+    PFC_SCALE,
+    MetricWarning,
+    average_pairwise_distance,
+    beat_align_score,
+    frechet_distance,
+    kinematic_beats,
+    normalise_by_ground_truth,
+    physical_foot_contact,
+)
+from e3d2_hf.utils import E3D2Error, array_sha256, atomic_file, cache_dir, safe_load_pickle
+
+logger = logging.getLogger(__name__)
+
+PROTOCOL_FPS = 60.0
+GENERATED_FRAMES = 1200  # 20 s at 60 fps
+METRIC_KEYS = ("FID_k", "FID_g", "Div_k", "Div_g", "BAS", "PFC")
+GROUND_TRUTH_KEYS = ("Div_k_gt", "Div_g_gt")
+UP_AXES = ("auto", "y", "z")
+
+
+# --------------------------------------------------------------------------------------------
+# Protocol steps on one clip.
+# --------------------------------------------------------------------------------------------
+def resample_to_protocol_fps(joints: np.ndarray, fps: float) -> np.ndarray:
+    """Joints at 60 fps by linear interpolation in time (frame n at n / 60 s); unchanged at 60 fps."""
+    if fps <= 0:
+        raise E3D2Error(f"fps {fps}: must be positive")
+    if fps == PROTOCOL_FPS:
+        return joints
+    source = np.asarray(joints, dtype=np.float64)
+    num_frames = int(np.floor((len(source) - 1) * PROTOCOL_FPS / fps + 1e-9)) + 1
+    position = np.arange(num_frames) * (fps / PROTOCOL_FPS)
+    lower = np.minimum(np.floor(position).astype(np.int64), len(source) - 1)
+    upper = np.minimum(lower + 1, len(source) - 1)
+    weight = (position - lower)[:, None, None]
+    return ((1.0 - weight) * source[lower] + weight * source[upper]).astype(np.float32)
+
+
+def shift_to_first_root(joints: np.ndarray) -> np.ndarray:
+    """Every joint of every frame minus the first frame's root position."""
+    return joints - joints[:1, :1]
+
+
+def generated_protocol_clip(joints: np.ndarray) -> np.ndarray:
+    """A generated clip as scored: its first 1200 frames, shifted by the first frame's root."""
+    return shift_to_first_root(joints[:GENERATED_FRAMES])
+
+
+def beat_frame_indices(beats: np.ndarray, name: str = "beats") -> tuple[np.ndarray, int | None]:
+    """Frame indices of a beat track and, for a one-hot track, its length.
+
+    A one-hot track is a bool or float array of 0/1 values, or an integer 0/1 array longer than 2;
+    any other integer array lists frame indices (non-negative).
+    """
+    beats = np.asarray(beats)
+    if beats.ndim != 1:
+        raise E3D2Error(f"{name}: beats must be a 1-D one-hot track (T,) or a list of frame indices, got shape {beats.shape}")
+    if beats.size == 0:
+        return np.zeros(0, dtype=np.int64), None
+    if beats.dtype == bool:
+        return np.flatnonzero(beats), len(beats)
+    if np.issubdtype(beats.dtype, np.floating):
+        if not np.isin(beats, (0.0, 1.0)).all():
+            raise E3D2Error(f"{name}: a float beat track must be one-hot (values 0 and 1 only)")
+        return np.flatnonzero(beats), len(beats)
+    if not np.issubdtype(beats.dtype, np.integer):
+        raise E3D2Error(f"{name}: beats must be numbers, got dtype {beats.dtype}")
+    if len(beats) > 2 and np.isin(beats, (0, 1)).all():
+        return np.flatnonzero(beats), len(beats)
+    if (beats < 0).any():
+        raise E3D2Error(f"{name}: negative beat frame index {beats.min()}")
+    return np.unique(beats.astype(np.int64)), None
+
+
+# --------------------------------------------------------------------------------------------
+# Features of clip sets (ground truth cached).
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DanceFeatures:
+    """Kinetic (N, 72) and manual (N, 32) float32 features of a set of protocol clips."""
+
+    kinetic: np.ndarray
+    manual: np.ndarray
+    corrected: bool = False
+
+    def __len__(self) -> int:
+        return len(self.kinetic)
+
+
+def _features_of(clips: Sequence[np.ndarray], corrected: bool, cache: bool, description: str) -> DanceFeatures:
+    folder = cache_dir("metrics") if cache else None
+    suffix = f"v{FEATURE_VERSION}{'-corrected' if corrected else ''}"
+    rows = []
+    for clip in tqdm(clips, desc=description, unit="clip", disable=None, leave=False):
+        path = folder / f"{array_sha256(clip)}-{suffix}.npy" if folder is not None else None
+        row = None
+        if path is not None and path.is_file():
+            try:
+                row = np.load(path, allow_pickle=False)
+            except (OSError, ValueError):
+                row = None  # unreadable cache entry: recompute and overwrite
+            if row is not None and row.shape != (KINETIC_FEATURE_DIM + MANUAL_FEATURE_DIM,):
+                row = None
+        if row is None:
+            row = np.concatenate([kinetic_features(clip, corrected=corrected), manual_features(clip, corrected=corrected)])
+            if path is not None:
+                with atomic_file(path) as handle:
+                    np.save(handle, row)
+        rows.append(row)
+    table = np.stack(rows).astype(np.float32)
+    return DanceFeatures(table[:, :KINETIC_FEATURE_DIM], table[:, KINETIC_FEATURE_DIM:], corrected)
+
+
+def _as_named_clips(clips: Mapping[str, np.ndarray] | Sequence[np.ndarray], what: str) -> dict[str, np.ndarray]:
+    if isinstance(clips, Mapping):
+        return dict(clips)
+    if isinstance(clips, np.ndarray) and clips.ndim != 1:
+        raise E3D2Error(f"{what}: give a dict or list of clips, not one array of shape {clips.shape}")
+    return {f"{what}[{index}]": clip for index, clip in enumerate(clips)}
+
+
+def ground_truth_features(
+    ground_truth: Mapping[str, np.ndarray] | Sequence[np.ndarray],
+    fps: float = PROTOCOL_FPS,
+    *,
+    corrected: bool = False,
+    cache: bool = True,
+) -> DanceFeatures:
+    """Features of full-length ground-truth clips shifted by their first root (cached by content).
+
+    Compute once and pass the result to `evaluate_dances` when evaluating repeatedly.
+    """
+    clips = _as_named_clips(ground_truth, "ground truth")
+    if len(clips) < 2:
+        raise E3D2Error(f"ground truth: {len(clips)} clip(s); FID and diversity need at least 2")
+    shifted = [
+        shift_to_first_root(
+            resample_to_protocol_fps(validate_joints(joints, f"ground-truth clip '{name}'").astype(np.float32, copy=False), fps)
+        )
+        for name, joints in clips.items()
+    ]
+    return _features_of(shifted, corrected, cache, "ground-truth features")
+
+
+# --------------------------------------------------------------------------------------------
+# The scores.
+# --------------------------------------------------------------------------------------------
+def _beat_align_scores(
+    clips: dict[str, np.ndarray], input_lengths: dict[str, int], music_beats: Mapping[str, np.ndarray], fps: float
+) -> float | None:
+    """Mean BAS over the clips that have music beats (see evaluate_dances for the rules)."""
+    missing = [name for name in clips if name not in music_beats]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise E3D2Error(f"music beats: none given for {len(missing)} generated clip(s): {shown}")
+    scores = []
+    for name, joints in clips.items():
+        if len(joints) - 1 < BEAT_SMOOTHING_WINDOW:
+            raise E3D2Error(
+                f"generated clip '{name}': {len(joints)} frames at 60 fps; the beat align score smooths joint speeds "
+                f"with a {BEAT_SMOOTHING_WINDOW}-frame Gaussian window and needs at least {BEAT_SMOOTHING_WINDOW + 1}"
+            )
+        frames, track_length = beat_frame_indices(music_beats[name], f"music beats of '{name}'")
+        input_frames = input_lengths[name]
+        if track_length is not None and track_length < input_frames - 1:
+            warnings.warn(
+                f"music beats of '{name}': the beat track has {track_length} frames but the motion {input_frames} "
+                f"(at {fps:g} fps); music beats after frame {track_length} are missing from its score",
+                MetricWarning,
+                stacklevel=3,
+            )
+        frames = np.unique(np.round(frames * (PROTOCOL_FPS / fps)).astype(np.int64))
+        frames = frames[frames < len(joints) - 1]  # the reference cuts the track to the speed's length, T - 1
+        if frames.size == 0:
+            warnings.warn(
+                f"music beats of '{name}': no music beat inside the clip; the clip is left out of BAS",
+                MetricWarning,
+                stacklevel=3,
+            )
+            continue
+        motion_beats = kinematic_beats(joints)
+        if motion_beats.size == 0:
+            warnings.warn(
+                f"generated clip '{name}': no kinematic beat (its smoothed speed has no local minimum); it scores BAS 0",
+                MetricWarning,
+                stacklevel=3,
+            )
+        scores.append(beat_align_score(frames, motion_beats))
+    if not scores:
+        warnings.warn("BAS: no generated clip has a music beat; BAS is not reported", MetricWarning, stacklevel=3)
+        return None
+    return float(np.mean(scores))
+
+
+def _warn_constant_features(kind: str, reference_set: np.ndarray, candidate_set: np.ndarray) -> None:
+    """A feature constant over the ground truth has std 0: the reference divides by 1e-10, so any
+    generated deviation in it is magnified 10^10 and dominates FID and Div. Say so."""
+    constant = reference_set.std(axis=0) == 0
+    deviating = np.flatnonzero(constant & (candidate_set != reference_set[0]).any(axis=0))
+    if deviating.size:
+        if kind == "g":
+            labels = [f"{index} ({MANUAL_FEATURES[index].relation} {' '.join(MANUAL_FEATURES[index].points)})" for index in deviating]
+        else:
+            labels = [str(index) for index in deviating]
+        warnings.warn(
+            f"FID_{kind} / Div_{kind}: feature(s) {', '.join(labels[:5])}{' ...' if len(labels) > 5 else ''} are constant over "
+            "the ground truth but not over the generated clips; the reference's std + 1e-10 normalisation magnifies "
+            "them 1e10 times (too few or too uniform ground-truth clips?)",
+            MetricWarning,
+            stacklevel=3,
+        )
+
+
+def evaluate_dances(
+    generated: Mapping[str, np.ndarray],
+    ground_truth: Mapping[str, np.ndarray] | Sequence[np.ndarray] | DanceFeatures,
+    music_beats: Mapping[str, np.ndarray] | None = None,
+    fps: float = PROTOCOL_FPS,
+    *,
+    ground_truth_fps: float = PROTOCOL_FPS,
+    corrected: bool = False,
+    cache_ground_truth: bool = True,
+) -> dict[str, float | None]:
+    """The paper's Table 1 metrics of `generated` clips against a ground-truth set.
+
+    generated: clip name -> joints (T, 24, 3) or (T, 72), metres, y up, SMPL order, at `fps`
+    (anything but 60 is resampled to 60 by linear interpolation). At least 2 clips.
+    ground_truth: clips the same way at `ground_truth_fps` (dict or list), or their
+    `ground_truth_features(...)`. At least 2 clips.
+    music_beats: clip name -> the music's beat track at `fps`: one-hot (T,) or frame indices
+    (every generated clip needs one; extra names are ignored). None: BAS is None.
+    corrected: features with the reference's bugs fixed (not comparable with published numbers).
+
+    Returns FID_k, FID_g, Div_k, Div_g, BAS, PFC (x 1e4) and the ground truth's own Div_k_gt,
+    Div_g_gt. Warnings (MetricWarning): a beat track shorter than its motion; a clip with no music
+    beat inside it (left out of BAS); a clip without kinematic beats (BAS 0 for it); a singular
+    covariance product (FID's diagonal offset); a feature constant over the ground truth that the
+    generated clips leave (magnified 1e10 by the normalisation). Errors (E3D2Error): bad shapes, NaN / inf joints,
+    fewer than 2 clips on either side, a clip shorter than the 41-frame smoothing window when BAS
+    is asked for, generated clips without beats.
+    """
+    if not isinstance(generated, Mapping):
+        raise E3D2Error("generated: give a dict of clip name -> joints")
+    validated = {
+        name: validate_joints(joints, f"generated clip '{name}'").astype(np.float32, copy=False) for name, joints in generated.items()
+    }
+    if len(validated) < 2:
+        raise E3D2Error(f"generated: {len(validated)} clip(s); FID's covariance and diversity need at least 2")
+    clips = {name: resample_to_protocol_fps(joints, fps) for name, joints in validated.items()}
+    input_lengths = {name: len(joints) for name, joints in validated.items()}
+    beat_align = None if music_beats is None else _beat_align_scores(clips, input_lengths, music_beats, fps)
+    if isinstance(ground_truth, DanceFeatures):
+        if ground_truth.corrected != corrected:
+            raise E3D2Error(f"ground-truth features were computed with corrected={ground_truth.corrected}, not {corrected}")
+        if len(ground_truth) < 2:
+            raise E3D2Error(f"ground truth: {len(ground_truth)} clip(s); FID and diversity need at least 2")
+        reference = ground_truth
+    else:
+        reference = ground_truth_features(ground_truth, ground_truth_fps, corrected=corrected, cache=cache_ground_truth)
+
+    protocol_clips = [generated_protocol_clip(joints) for joints in clips.values()]
+    candidate = _features_of(protocol_clips, corrected, cache=False, description="generated features")
+    results: dict[str, float | None] = {"BAS": beat_align}
+    for kind, reference_set, candidate_set in (
+        ("k", reference.kinetic, candidate.kinetic),
+        ("g", reference.manual, candidate.manual),
+    ):
+        _warn_constant_features(kind, reference_set, candidate_set)
+        normalised_reference, normalised_candidate = normalise_by_ground_truth(reference_set, candidate_set)
+        results[f"FID_{kind}"] = frechet_distance(normalised_candidate, normalised_reference)
+        results[f"Div_{kind}"] = average_pairwise_distance(normalised_candidate)
+        results[f"Div_{kind}_gt"] = average_pairwise_distance(normalised_reference)
+    results["PFC"] = float(np.mean([physical_foot_contact(joints) for joints in protocol_clips]) * PFC_SCALE)
+    return {key: results[key] for key in METRIC_KEYS + GROUND_TRUTH_KEYS}
+
+
+def format_table(results: Mapping[str, float | None], method: str = "generated") -> str:
+    """The paper's Table 1 layout: a ground-truth row (its own diversity) and the method's row."""
+    def cell(value: float | None, digits: int) -> str:
+        text = "-" if value is None else f"{value:.3e}" if abs(value) >= 1e6 else f"{value:.{digits}f}"
+        return " " + text.rjust(9)
+
+    header = f"{'Method':<16}" + "".join(f" {key:>9}" for key in METRIC_KEYS)
+    ground_truth_cells = [None, None, results["Div_k_gt"], results["Div_g_gt"], None, None]
+    ground_truth_row = f"{'Ground Truth':<16}" + "".join(cell(value, 2) for value in ground_truth_cells)
+    digits = {"FID_k": 2, "FID_g": 2, "Div_k": 2, "Div_g": 2, "BAS": 4, "PFC": 4}
+    method_row = f"{method[:15]:<16}" + "".join(cell(results[key], digits[key]) for key in METRIC_KEYS)
+    return "\n".join([header, ground_truth_row, method_row])
+
+
+# --------------------------------------------------------------------------------------------
+# Reading dances from disk.
+# --------------------------------------------------------------------------------------------
+def _z_up_to_y_up(joints: np.ndarray) -> np.ndarray:
+    """A proper rotation taking z-up to y-up: (x, y, z) -> (x, z, -y). Every score is invariant to
+    the remaining choice (a turn about the vertical axis)."""
+    return np.stack([joints[..., 0], joints[..., 2], -joints[..., 1]], axis=-1)
+
+
+def _load_npy_payload(path: Path) -> object:
+    """An .npy file: a plain array, or a pickled object array (Bailando's `np.save` of a dict) read safely."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        if "allow_pickle" not in str(exc):
+            raise E3D2Error(f"{path}: not a readable .npy file ({exc})") from exc
+    except OSError as exc:
+        raise E3D2Error(f"{path}: cannot read ({exc})") from exc
+    with open(path, "rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        if version == (1, 0):
+            np.lib.format.read_array_header_1_0(handle)
+        else:
+            np.lib.format.read_array_header_2_0(handle)
+        payload = handle.read()
+    with tempfile.TemporaryDirectory() as scratch:
+        pickled = Path(scratch) / path.name
+        pickled.write_bytes(payload)
+        try:
+            loaded = safe_load_pickle(pickled)
+        except E3D2Error as exc:
+            raise E3D2Error(f"{path}: {str(exc).split(': ', 1)[-1]}") from exc
+    return loaded.item() if isinstance(loaded, np.ndarray) and loaded.dtype == object and loaded.ndim == 0 else loaded
+
+
+def load_dance_file(path: str | Path, up_axis: str = "auto") -> tuple[np.ndarray, str]:
+    """Joints (T, 24, 3) float32, y up, and the file's kind ("array", "bailando" or "edge").
+
+    `.npy` arrays (T, 24, 3) / (T, 72); Bailando output (a dict with `pred_position`, pickled or
+    `np.save`d); EDGE output (a pickle with `full_pose`, which EDGE writes z-up). `up_axis` "auto"
+    treats EDGE files as z-up and everything else as y-up.
+    """
+    path = Path(path)
+    payload = _load_npy_payload(path) if path.suffix == ".npy" else safe_load_pickle(path)
+    if isinstance(payload, np.ndarray):
+        joints, kind = payload, "array"
+    elif isinstance(payload, dict) and "pred_position" in payload:
+        joints, kind = payload["pred_position"], "bailando"
+    elif isinstance(payload, dict) and "full_pose" in payload:
+        joints, kind = payload["full_pose"], "edge"
+    elif isinstance(payload, dict) and "smpl_poses" in payload:
+        raise E3D2Error(f"{path}: SMPL parameters, not joints; run `e3d2 prepare` and pass the prepared dataset folder")
+    else:
+        keys = ", ".join(map(str, payload)) if isinstance(payload, dict) else type(payload).__name__
+        raise E3D2Error(f"{path}: expected joints or a dict with 'pred_position' / 'full_pose', got {keys}")
+    joints = validate_joints(np.asarray(joints), str(path)).astype(np.float32, copy=False)
+    if up_axis == "z" or (up_axis == "auto" and kind == "edge"):
+        joints = _z_up_to_y_up(joints)
+    return joints, kind
+
+
+def _clip_name(path: Path) -> str | None:
+    """`<name>.npy`, `<name>.pkl` or Bailando's `<name>.pkl.npy` -> name; None for other files."""
+    name = path.name
+    for suffix in (".pkl.npy", ".npy", ".pkl"):
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def _is_prepared_dataset(folder: Path) -> bool:
+    return (folder / "dataset_dict.json").is_file()
+
+
+def load_dance_folder(folder: str | Path, up_axis: str = "auto", what: str = "dances") -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """One clip per `<name>.npy` / `.pkl` / `.pkl.npy` file in `folder` (other files and folders are skipped).
+
+    Returns name -> joints and how many files of each kind were read.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise E3D2Error(f"{folder}: {what} folder not found")
+    paths: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        name = _clip_name(path) if path.is_file() else None
+        if name is None:
+            continue
+        if name in paths:
+            raise E3D2Error(f"{folder}: two files for clip '{name}' ({paths[name].name}, {path.name})")
+        paths[name] = path
+    if not paths:
+        raise E3D2Error(f"{folder}: no dance files (.npy, .pkl) in the {what} folder")
+    clips, kinds = {}, {}
+    for name, path in tqdm(paths.items(), desc=f"reading {what}", unit="file", disable=None, leave=False):
+        clips[name], kind = load_dance_file(path, up_axis)
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return clips, kinds
+
+
+def load_prepared_dances(folder: str | Path, with_beats: bool = False) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+    """All sequences (train + val + test) of a prepared dataset, and their music beat tracks if asked."""
+    from e3d2_hf.data.build import load_prepared
+    from e3d2_hf.data.music import BEAT_COLUMN
+
+    dataset_dict = load_prepared(folder)
+    clips: dict[str, np.ndarray] = {}
+    beats: dict[str, np.ndarray] | None = {} if with_beats else None
+    for split in dataset_dict.values():
+        columns = ["name", "joints"] + (["music_features"] if with_beats else [])
+        rows = split.select_columns(columns).with_format("numpy")
+        for row in rows:
+            name = str(row["name"])
+            clips[name] = np.asarray(row["joints"], dtype=np.float32)
+            if beats is not None:
+                beats[name] = np.asarray(row["music_features"])[:, BEAT_COLUMN] > 0.5
+    return clips, beats
+
+
+def _load_side(
+    folder: Path, up_axis: str, what: str, with_beats: bool
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None, str]:
+    """Clips (and, from a prepared dataset, beat tracks if asked) with a description of the source."""
+    if _is_prepared_dataset(folder):
+        clips, beats = load_prepared_dances(folder, with_beats)
+        return clips, beats, f"prepared dataset, all splits{', music beats from its features' if with_beats else ''}"
+    clips, kinds = load_dance_folder(folder, up_axis, what)
+    described = ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items()))
+    if up_axis == "auto" and "edge" in kinds:
+        described += "; EDGE full_pose is z-up, rotated to y-up"
+    elif up_axis == "z":
+        described += "; z-up, rotated to y-up"
+    return clips, None, described
+
+
+def _missing_error(option: str, folder: Path, missing: list[str]) -> E3D2Error:
+    shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+    return E3D2Error(f"{option} {folder}: nothing for {len(missing)} generated clip(s): {shown}")
+
+
+def _beats_from_folder(folder: Path, names: list[str]) -> dict[str, np.ndarray]:
+    if not folder.is_dir():
+        raise E3D2Error(f"{folder}: beats folder not found")
+    missing = [name for name in names if not (folder / f"{name}.npy").is_file()]
+    if missing:
+        raise _missing_error("--beats", folder, missing)
+    beats = {}
+    for name in names:
+        path = folder / f"{name}.npy"
+        try:
+            beats[name] = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise E3D2Error(f"{path}: not a readable .npy beat track ({exc})") from exc
+    return beats
+
+
+def _beats_from_music(folder: Path, names: list[str], fps: float) -> dict[str, np.ndarray]:
+    """The beat column of our music features at the clip's fps, from `<name>.<audio>` or `<music id>.<audio>`."""
+    from e3d2_hf.data.aistpp import MUSIC_EXTENSIONS, music_id_from_name
+    from e3d2_hf.data.music import music_beats
+
+    if not folder.is_dir():
+        raise E3D2Error(f"{folder}: music folder not found")
+    paths, missing = {}, []
+    for name in names:
+        stems = [name]
+        try:
+            stems.append(music_id_from_name(name))
+        except E3D2Error:
+            pass
+        found = [folder / f"{stem}{ext}" for stem in stems for ext in MUSIC_EXTENSIONS if (folder / f"{stem}{ext}").is_file()]
+        if found:
+            paths[name] = found[0]
+        else:
+            missing.append(name)
+    if missing:
+        raise _missing_error("--music", folder, missing)
+    progress = tqdm(paths.items(), desc="music beats", unit="clip", disable=None, leave=False)
+    return {name: music_beats(path, fps=fps) for name, path in progress}
+
+
+# --------------------------------------------------------------------------------------------
+# `e3d2 metrics`
+# --------------------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--generated", type=Path, required=True, metavar="DIR",
+                        help="one file per clip: <name>.npy (T,24,3)/(T,72) joints, Bailando <name>.pkl[.npy] "
+                             "(pred_position) or EDGE <name>.pkl (full_pose); or a prepared dataset folder")
+    parser.add_argument("--ground-truth", type=Path, required=True, metavar="DIR",
+                        help="ground-truth clips in the same formats, or a prepared dataset folder (RUN/data: all splits)")
+    beats = parser.add_mutually_exclusive_group()
+    beats.add_argument("--music", type=Path, metavar="DIR",
+                       help="audio per clip (<name>.* or <music id>.*): beats = our music features' beat column")
+    beats.add_argument("--beats", type=Path, metavar="DIR",
+                       help="<name>.npy per clip: one-hot beat track (T,) or frame indices, at --fps")
+    parser.add_argument("--fps", type=float, default=PROTOCOL_FPS, help="frame rate of the generated clips (default 60)")
+    parser.add_argument("--ground-truth-fps", type=float, default=PROTOCOL_FPS, help="frame rate of the ground truth (default 60)")
+    parser.add_argument("--up-axis", choices=UP_AXES, default="auto",
+                        help="up axis of the files (auto: z for EDGE full_pose, y otherwise)")
+    parser.add_argument("--corrected", action="store_true",
+                        help="fix the reference features' bugs (numbers no longer comparable with published ones)")
+    parser.add_argument("--no-cache", action="store_true", help="recompute the ground-truth features instead of using the cache")
+    parser.add_argument("--json", type=Path, metavar="OUT", help="also write the results as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    notes: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", MetricWarning)
+        use_dataset_beats = args.music is None and args.beats is None and _is_prepared_dataset(args.generated)
+        generated, generated_beats, generated_source = _load_side(
+            args.generated, args.up_axis, "generated dances", use_dataset_beats
+        )
+        ground_truth, _, ground_truth_source = _load_side(args.ground_truth, args.up_axis, "ground truth", False)
+        notes.append(f"generated: {len(generated)} clips from {args.generated} ({generated_source})")
+        notes.append(f"ground truth: {len(ground_truth)} clips from {args.ground_truth} ({ground_truth_source})")
+        for what, fps in (("generated", args.fps), ("ground-truth", args.ground_truth_fps)):
+            if fps != PROTOCOL_FPS:
+                verb = "upsampled" if fps < PROTOCOL_FPS else "resampled"
+                notes.append(f"{what} clips at {fps:g} fps were {verb} to 60 fps by linear interpolation")
+        notes.append(f"protocol: generated clips cut to their first {GENERATED_FRAMES} frames (20 s at 60 fps); "
+                     "every clip shifted by its first frame's root")
+        if args.beats is not None:
+            music_beats = _beats_from_folder(args.beats, list(generated))
+            notes.append(f"music beats: one-hot tracks / frame indices from {args.beats}")
+        elif args.music is not None:
+            music_beats = _beats_from_music(args.music, list(generated), args.fps)
+            notes.append(f"music beats: beat column of the music features of the audio in {args.music}")
+        else:
+            music_beats = generated_beats
+            if music_beats is None:
+                notes.append("BAS not computed: give --music or --beats")
+        if args.corrected:
+            notes.append("features: CORRECTED variant (not comparable with published numbers)")
+        results = evaluate_dances(
+            generated, ground_truth, music_beats, args.fps,
+            ground_truth_fps=args.ground_truth_fps, corrected=args.corrected, cache_ground_truth=not args.no_cache,
+        )  # fmt: skip
+    warning_lines = []
+    for record in caught:
+        if issubclass(record.category, MetricWarning):
+            warning_lines.append(str(record.message))
+        else:
+            warnings.showwarning(record.message, record.category, record.filename, record.lineno)
+    for note in notes:
+        print(note)
+    for line in warning_lines:
+        print(f"warning: {line}", file=sys.stderr)
+    print()
+    print(format_table(results, method=args.generated.name or "generated"))
+    print(f"(PFC: EDGE's score x {PFC_SCALE:g}, on the 60 fps protocol clips, y up; lower is better)")
+    if args.json is not None:
+        report = dict(results)
+        report["protocol"] = {
+            "num_generated": len(generated),
+            "num_ground_truth": len(ground_truth),
+            "fps": args.fps,
+            "ground_truth_fps": args.ground_truth_fps,
+            "upsampled_to_60fps": args.fps != PROTOCOL_FPS or args.ground_truth_fps != PROTOCOL_FPS,
+            "generated_frames": GENERATED_FRAMES,
+            "corrected_features": args.corrected,
+            "feature_version": FEATURE_VERSION,
+            "pfc_scale": PFC_SCALE,
+            "notes": notes,
+            "warnings": warning_lines,
+        }
+        with atomic_file(args.json, "w") as handle:
+            json.dump(report, handle, indent=2)
+        print(f"wrote {args.json}")
+    return 0
