@@ -17,10 +17,11 @@ parsing). Unknown keys are rejected, naming the key, so a typo never silently fa
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 import yaml
 from transformers import HfArgumentParser
@@ -85,3 +86,14 @@ def parse_recipe(config_cls: type[ConfigT], section: str, argv: list[str] | None
     except ValueError as exc:  # flags that name no field
         raise E3D2Error(f"{recipe_path}: unknown command-line override ({exc})") from exc
     return config
+
+
+def run_stage(section: str, config_cls: type[ConfigT], stage: Callable[[ConfigT], Any], argv: list[str] | None = None) -> int:
+    """What every `scripts/<stage>.py` does: parse the recipe's section, run the stage, report user errors in one line."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        stage(parse_recipe(config_cls, section, argv))
+    except E3D2Error as exc:
+        print(f"{section}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -353,3 +353,31 @@ def run(args: argparse.Namespace) -> int:
         feature_cache=not args.no_feature_cache,
     )
     return 0
+
+
+@dataclass
+class PrepareConfig:
+    """The `prepare` section of a recipe: where the motions and music come from."""
+
+    run_dir: str = "runs/e3d2"
+    aistpp: str | None = None  # AIST++ annotations folder; None: the embedded synthetic dataset
+    music_dir: str | None = None  # default <aistpp>/wavs
+    synthetic: int = 24  # sequences of the synthetic dataset, when `aistpp` is None
+    seed: int = 0
+    gender: str = "male"
+    smpl_model_dir: str | None = None
+    feature_cache: bool = True
+
+
+def prepare_from_config(config: PrepareConfig) -> Path:
+    """Prepare `<run_dir>/data` as the recipe says."""
+    return prepare_dataset(
+        Path(config.run_dir) / "data",
+        aistpp_dir=config.aistpp,
+        music_dir=config.music_dir,
+        synthetic_sequences=None if config.aistpp else config.synthetic,
+        seed=config.seed,
+        gender=config.gender,
+        smpl_model_dir=config.smpl_model_dir,
+        feature_cache=config.feature_cache,
+    )
