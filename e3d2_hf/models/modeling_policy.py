@@ -717,6 +717,7 @@ def music_to_joints(
     top_k: int | None = None,
     seed: int | None = 0,
     strategy: Literal["cache", "recompute_window"] = "cache",
+    progress: bool = False,
 ) -> np.ndarray:
     """Music features at 7.5 fps -> joints at 60 fps through the policy and its VQ-VAE.
 
@@ -756,6 +757,7 @@ def music_to_joints(
         top_k=top_k,
         seed=seed,
         strategy=strategy,
+        progress=progress,
     )
     upper_codes, lower_codes = policy.split_pose_tokens(tokens)
     joints = vqvae.decode(upper_codes.to(vqvae.device), lower_codes.to(vqvae.device), root_start)

@@ -1,0 +1,214 @@
+"""Dance to any music: a trained policy (local folder or Hub id) + an audio file -> joints, npz, BVH, video.
+
+    e3d2 dance --model runs/tiny/ppo/policy --music song.mp3 --out dances/
+    >>> from e3d2_hf import dance
+    >>> result = dance("runs/tiny/bc", "song.mp3", seconds=20)
+    >>> result.save_npz("song.npz"); result.save_bvh("song.bvh"); result.render("song.mp4")
+
+The policy sees the music at 7.5 fps (one pose-code step per 8 motion frames) and its VQ-VAE turns
+the codes back into 60 fps joints. The first pose is not the policy's choice (the MDP's initial
+state): by default a standing rest pose, or any joints file given with `--start-pose`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from e3d2_hf.utils import E3D2Error
+
+MOTION_FPS = 60.0
+MUSIC_FPS = 7.5
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Dance:
+    """One generated dance: joints (T, 24, 3) float32 at 60 fps, metres, y up, SMPL order."""
+
+    joints: np.ndarray
+    music_path: Path
+    model_id: str
+    seed: int
+    fps: float = MOTION_FPS
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def save_npz(self, path: str | os.PathLike) -> Path:
+        from e3d2_hf.render.export import save_npz
+
+        return save_npz(path, self.joints, fps=self.fps, music_path=str(self.music_path), model_id=self.model_id, seed=self.seed, **self.settings)
+
+    def save_bvh(self, path: str | os.PathLike) -> Path:
+        from e3d2_hf.render.export import save_bvh
+
+        return save_bvh(path, self.joints, fps=self.fps)
+
+    def render(self, path: str | os.PathLike, *, with_music: bool = True, title: str | None = None) -> Path:
+        from e3d2_hf.render.video import render_video
+
+        titles = [title] if title else None
+        return render_video([self.joints], path, music_path=str(self.music_path) if with_music else None, fps=self.fps, titles=titles)
+
+
+def resolve_model(model: str | os.PathLike) -> Path:
+    """A local policy folder, or a Hub repository id downloaded (with its VQ-VAE) into the HF cache."""
+    path = Path(model)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise E3D2Error(f"{path}: not a policy folder (no config.json)")
+        return path
+    if path.exists() or str(model).count("/") != 1:
+        raise E3D2Error(f"{model}: no such policy folder (and not a Hub id of the form USER/NAME)")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(str(model)))
+    except Exception as exc:
+        raise E3D2Error(f"{model}: cannot download from the Hub ({type(exc).__name__}: {exc}); offline, pass a local folder") from exc
+
+
+def load_policy(model: str | os.PathLike) -> Any:
+    """The policy (an `AutoModelForCausalLM`) with its VQ-VAE loaded, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    import e3d2_hf  # noqa: F401  (registers our Auto classes)
+
+    folder = resolve_model(model)
+    try:
+        policy = AutoModelForCausalLM.from_pretrained(folder)
+    except (OSError, ValueError, KeyError) as exc:
+        raise E3D2Error(f"{folder}: cannot load the policy ({exc})") from exc
+    if not hasattr(policy, "load_vqvae"):
+        raise E3D2Error(f"{folder}: {type(policy).__name__} is not an E3D2 policy")
+    policy.load_vqvae()
+    return policy.eval()
+
+
+def standing_start_pose(frames: int = 8) -> np.ndarray:
+    """The SMPL male rest pose standing on the floor (lowest joint at y = 0), repeated for `frames` frames."""
+    from e3d2_hf.skeleton import rest_joints
+
+    pose = rest_joints("male").astype(np.float32)
+    pose = pose - np.array([pose[0, 0], pose[:, 1].min(), pose[0, 2]], dtype=np.float32)
+    return np.repeat(pose[None], frames, axis=0)
+
+
+def load_start_pose(path: str | os.PathLike | None, frames: int = 8) -> np.ndarray:
+    if path is None:
+        return standing_start_pose(frames)
+    path = Path(path)
+    try:
+        joints = np.load(path, allow_pickle=False)
+        if path.suffix == ".npz":
+            joints = joints["joints"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise E3D2Error(f"{path}: cannot read a start pose ({exc})") from exc
+    joints = np.asarray(joints, dtype=np.float32)
+    if joints.ndim == 2 and joints.shape == (24, 3):
+        joints = np.repeat(joints[None], frames, axis=0)
+    if joints.ndim != 3 or joints.shape[1:] != (24, 3) or joints.shape[0] < frames:
+        raise E3D2Error(f"{path}: a start pose is (24, 3) or (>= {frames}, 24, 3) joints, got {joints.shape}")
+    if not np.isfinite(joints).all():
+        raise E3D2Error(f"{path}: start pose contains NaN or infinite values")
+    return joints[:frames]
+
+
+def generate_dances(
+    model: str | os.PathLike | Any,
+    music_path: str | os.PathLike,
+    *,
+    seconds: float | None = None,
+    seed: int = 0,
+    num_dances: int = 1,
+    greedy: bool = False,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    start_pose: str | os.PathLike | None = None,
+    progress: bool = False,
+) -> list[Dance]:
+    """Generate `num_dances` dances for one music file in one batch (seeded: the same call gives the same dances)."""
+    from e3d2_hf.data.music import music_features
+    from e3d2_hf.models.modeling_policy import music_to_joints
+
+    policy = model if hasattr(model, "load_vqvae") else load_policy(model)
+    model_id = str(model) if not hasattr(model, "load_vqvae") else str(getattr(policy, "name_or_path", "policy"))
+    music_path = Path(music_path)
+    features = music_features(music_path, fps=MUSIC_FPS)
+    if seconds is not None:
+        if seconds <= 0:
+            raise E3D2Error(f"--seconds must be positive, got {seconds}")
+        features = features[: int(np.ceil(seconds * MUSIC_FPS))]
+    if features.shape[0] < 2:
+        raise E3D2Error(f"{music_path}: music too short to dance to ({features.shape[0] / MUSIC_FPS:.2f} s)")
+    if num_dances < 1:
+        raise E3D2Error(f"--num-dances must be at least 1, got {num_dances}")
+    frames = policy.load_vqvae().config.frames_per_code
+    start = load_start_pose(start_pose, frames)
+    joints = music_to_joints(
+        policy,
+        np.repeat(features[None], num_dances, axis=0),
+        seed_motion=np.repeat(start[None], num_dances, axis=0),
+        do_sample=not greedy,
+        temperature=temperature,
+        top_k=top_k,
+        seed=seed,
+        progress=progress,
+    )
+    if seconds is not None:
+        joints = joints[:, : int(round(seconds * MOTION_FPS))]
+    settings = {"temperature": temperature, "top_k": -1 if top_k is None else top_k, "greedy": greedy}
+    return [Dance(joints=joints[index], music_path=music_path, model_id=model_id, seed=seed, settings=settings | {"dance_index": index}) for index in range(num_dances)]
+
+
+def dance(model: str | os.PathLike | Any, music_path: str | os.PathLike, **kwargs: Any) -> Dance:
+    """One dance for a music file; keyword arguments as `generate_dances`."""
+    return generate_dances(model, music_path, num_dances=1, **kwargs)[0]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="policy folder (runs/<name>/bc, runs/<name>/ppo/policy) or Hub id USER/NAME")
+    parser.add_argument("--music", required=True, help="any audio file librosa reads (wav, mp3, ogg, flac)")
+    parser.add_argument("--out", default="dances", help="output folder (default: dances)")
+    parser.add_argument("--seconds", type=float, default=None, help="dance to the first S seconds only (default: the whole piece)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-dances", type=int, default=1, help="several dances for the same music, one video side by side")
+    parser.add_argument("--greedy", action="store_true", help="greedy decoding (Bailando's) instead of sampling")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=None)
+    parser.add_argument("--start-pose", default=None, help=".npy/.npz joints (24,3) or (>=8,24,3) for the first pose (default: standing)")
+    parser.add_argument("--format", choices=("mp4", "gif", "none"), default="mp4", help="video format, or none for npz + BVH only")
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise E3D2Error(f"{out}: cannot create the output folder ({exc.strerror or exc})") from exc
+    if not os.access(out, os.W_OK):
+        raise E3D2Error(f"{out}: output folder is not writable")
+    dances = generate_dances(
+        args.model, args.music, seconds=args.seconds, seed=args.seed, num_dances=args.num_dances, greedy=args.greedy,
+        temperature=args.temperature, top_k=args.top_k, start_pose=args.start_pose, progress=True,
+    )  # fmt: skip
+    stem = Path(args.music).stem
+    written = []
+    for index, result in enumerate(dances):
+        name = stem if len(dances) == 1 else f"{stem}_{index}"
+        written += [result.save_npz(out / f"{name}.npz"), result.save_bvh(out / f"{name}.bvh")]
+    if args.format != "none":
+        from e3d2_hf.render.video import render_video
+
+        titles = [f"seed {args.seed} #{index}" for index in range(len(dances))] if len(dances) > 1 else None
+        written.append(render_video([d.joints for d in dances], out / f"{stem}.{args.format}", music_path=args.music, fps=MOTION_FPS, titles=titles))
+    seconds = dances[0].joints.shape[0] / MOTION_FPS
+    print(f"{len(dances)} dance(s) of {seconds:.1f} s for {args.music}:")
+    for path in written:
+        print(f"  {path}")
+    return 0
