@@ -146,7 +146,36 @@ def bench_generation(
     return rows
 
 
+def bench_music_features(seconds: float = 60.0) -> list[Row]:
+    """Seconds of compute per minute of music for the 438-d features at 60 fps and 7.5 fps (decoding included)."""
+    import tempfile
+
+    import soundfile
+
+    from e3d2_hf.data.music import extract_music_features
+
+    clip = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "music" / "Kevin_MacLeod_-_Vibe_Ace.ogg"
+    with tempfile.TemporaryDirectory() as folder:
+        if clip.is_file():
+            source = f"real music ({clip.name})"
+        else:  # no shared data: a synthetic piece of the same length
+            from e3d2_hf.data.synthetic import GENRES, SAMPLE_RATE, compose_music
+
+            audio, _ = compose_music(GENRES[0], 110.0, seconds, np.random.default_rng(0))
+            clip = Path(folder) / "synthetic.wav"
+            soundfile.write(clip, audio, SAMPLE_RATE)
+            source = "synthetic music"
+        duration = soundfile.info(clip).duration
+        extract_music_features(clip, 60.0)  # warm-up: numba compiles librosa's kernels once per process
+        rows = []
+        for fps in (60.0, 7.5):
+            elapsed = _seconds(lambda fps=fps: extract_music_features(clip, fps), repeats=2)
+            rows.append({"case": f"music features @ {fps:g} fps, {source}", "ours_s": round(elapsed, 3), "seconds_per_minute_of_music": round(60.0 * elapsed / duration, 2)})
+    return rows
+
+
 BENCHES: dict[str, Callable[[], list[Row]]] = {
+    "music_features": bench_music_features,
     "metric_features": bench_metric_features,
     "generation": bench_generation,
 }
