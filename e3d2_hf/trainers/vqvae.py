@@ -1,0 +1,467 @@
+"""Stage 1a: train the VQ-VAE choreographic memory on the prepared dataset, then its root-velocity decoder.
+
+Two phases, as Bailando trains them (../shared/docs/bailando-reference.md):
+
+1. **pose**: both body-half VQ-VAEs on 240-frame windows every 40 frames, batch 32, Adam lr 3e-5
+   betas (0.5, 0.999), lr x0.1 at epochs 100 and 200, 500 epochs (`lr_decay_epochs`,
+   `lr_decay_factor`: a step schedule `TrainingArguments` has no name for). The root-velocity
+   decoder is frozen.
+2. **root**: the VQ-VAEs and codebooks frozen, the root-velocity decoder alone on windows every 8
+   frames, batch 8, lr 5e-5, 500 epochs (the `root_*` fields). Skipped when `root_num_train_epochs`
+   is 0 (decoded dances then stand still).
+
+Both run through `transformers.Trainer` (tensorboard logs, checkpoints) inside a hidden work
+folder `RUN/.vqvae.training/{pose,root}`. With `resume` (default) a rerun continues from the last
+checkpoint there, or skips the pose phase if it already finished; a rerun with different model
+sizes is refused. A non-finite loss stops training with `E3D2Error`, keeping the checkpoints.
+
+At the end `RUN/vqvae` (= `output_dir`) appears complete: the `save_pretrained` folder (config.json,
+model.safetensors with the codebook EMA state), `eval.json` (held-out reconstruction MPJPE and
+codebook usage on val + test), a model card README.md with the recipe values, `training_config.json`
+and the tensorboard logs under `runs/`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import Trainer, TrainingArguments, set_seed
+from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType, get_last_checkpoint
+
+from e3d2_hf.data.windows import SequenceWindows, split_columns
+from e3d2_hf.models.configuration_vqvae import VQVAEConfig
+from e3d2_hf.models.modeling_vqvae import E3D2VQVAE
+from e3d2_hf.skeleton import NUM_JOINTS
+from e3d2_hf.utils import E3D2Error, atomic_directory, atomic_file
+
+logger = logging.getLogger(__name__)
+
+HELDOUT_SPLITS = ("val", "test")
+MODEL_FIELDS = (
+    "channels",
+    "codebook_size",
+    "codebook_dim",
+    "downsampling_layers",
+    "residual_depth",
+    "dilation_growth_rate",
+    "codebook_decay",
+    "dead_code_threshold",
+    "kmeans_iters",
+    "commitment_weight",
+    "velocity_loss_weight",
+    "acceleration_loss_weight",
+)
+
+
+@dataclass
+class VQVAETrainingConfig(TrainingArguments):
+    """The `vqvae:` section of a recipe: model sizes, windows, the two phases' schedules and `TrainingArguments`.
+
+    Defaults are Bailando's (paper scale); `TrainingArguments` fields (`learning_rate`,
+    `num_train_epochs`, `per_device_train_batch_size`, ...) describe the pose phase, the `root_*`
+    fields the root-velocity phase.
+    """
+
+    run_dir: str = field(default="runs/e3d2", metadata={"help": "Run folder: the prepared data is read from <run_dir>/data."})
+    data_path: str | None = field(default=None, metadata={"help": "Prepared DatasetDict (default: <run_dir>/data)."})
+    window: int = field(default=240, metadata={"help": "Frames per training window (60 fps; a multiple of 8)."})
+    window_stride: int = field(default=40, metadata={"help": "Frames between window starts in the pose phase."})
+    channels: int = field(default=512, metadata={"help": "Convolution width of encoders and decoders."})
+    codebook_size: int = field(default=512, metadata={"help": "Codes per body half (the policy's action space per half)."})
+    codebook_dim: int = field(default=512, metadata={"help": "Width of one code."})
+    downsampling_layers: int = field(default=3, metadata={"help": "Stride-2 stages: time shrinks by 2**this (8)."})
+    residual_depth: int = field(default=3, metadata={"help": "Residual blocks per stage (dilations 1, 3, 9)."})
+    dilation_growth_rate: int = field(default=3, metadata={"help": "Dilation factor between residual blocks."})
+    codebook_decay: float = field(default=0.99, metadata={"help": "EMA decay of the codebooks."})
+    dead_code_threshold: float = field(default=1.0, metadata={"help": "Codes with EMA count below this are reset to encoder outputs."})
+    kmeans_iters: int = field(default=1, metadata={"help": "Lloyd iterations of the first-batch codebook initialisation."})
+    commitment_weight: float = field(default=0.02, metadata={"help": "Weight of the commitment loss."})
+    velocity_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the L1 velocity loss."})
+    acceleration_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the L1 acceleration loss."})
+    lr_decay_epochs: list[int] = field(
+        default_factory=lambda: [100, 200], metadata={"help": "Pose phase: epochs at which the learning rate is multiplied by lr_decay_factor."}
+    )
+    lr_decay_factor: float = field(default=0.1, metadata={"help": "Learning-rate factor applied at each of the decay epochs."})
+    root_window_stride: int = field(default=8, metadata={"help": "Root phase: frames between window starts."})
+    root_per_device_train_batch_size: int = field(default=8, metadata={"help": "Root phase: windows per batch and device."})
+    root_learning_rate: float = field(default=5e-5, metadata={"help": "Root phase: learning rate (constant)."})
+    root_num_train_epochs: float = field(default=500.0, metadata={"help": "Root phase: epochs (0 skips the phase)."})
+    resume: bool = field(default=True, metadata={"help": "Continue from the checkpoints of an interrupted run of this stage."})
+
+    # TrainingArguments defaults replaced by Bailando's values and this stage's needs.
+    learning_rate: float = 3e-5
+    adam_beta1: float = 0.5
+    adam_beta2: float = 0.999
+    weight_decay: float = 0.0
+    optim: str = "adamw_torch"  # with weight_decay 0 this is Adam
+    max_grad_norm: float = 0.0  # Bailando does not clip gradients
+    num_train_epochs: float = 500.0
+    per_device_train_batch_size: int = 32
+    per_device_eval_batch_size: int = 32
+    lr_scheduler_type: SchedulerType | str = "constant"  # the step decay above is applied on top
+    seed: int = 0
+    save_strategy: SaveStrategy | str = "epoch"
+    save_total_limit: int | None = 2
+    eval_strategy: IntervalStrategy | str = "no"
+    logging_steps: float = 50
+    report_to: None | str | list[str] = "tensorboard"
+    prediction_loss_only: bool = True
+    remove_unused_columns: bool = False  # windows carry only `joints`; no signature inspection needed
+
+    def __post_init__(self):
+        if self.output_dir is None:
+            self.output_dir = str(Path(self.run_dir) / "vqvae")
+        if self.data_path is None:
+            self.data_path = str(Path(self.run_dir) / "data")
+        frames_per_code = 2**self.downsampling_layers
+        if self.window < frames_per_code or self.window % frames_per_code:
+            raise E3D2Error(f"vqvae: window must be a positive multiple of {frames_per_code} frames, got {self.window}")
+        if self.window_stride < 1 or self.root_window_stride < 1 or self.root_per_device_train_batch_size < 1:
+            raise E3D2Error("vqvae: window_stride, root_window_stride and root_per_device_train_batch_size must be positive")
+        if any(epoch < 1 for epoch in self.lr_decay_epochs) or not 0 < self.lr_decay_factor <= 1:
+            raise E3D2Error(f"vqvae: lr_decay_epochs must be positive and lr_decay_factor in (0, 1], got {self.lr_decay_epochs}, {self.lr_decay_factor}")
+        if self.root_num_train_epochs < 0:
+            raise E3D2Error(f"vqvae: root_num_train_epochs must not be negative, got {self.root_num_train_epochs}")
+        super().__post_init__()
+
+    def model_config(self) -> VQVAEConfig:
+        """The VQ-VAE these settings describe."""
+        return VQVAEConfig(**{name: getattr(self, name) for name in MODEL_FIELDS})
+
+    def root_phase_arguments(self, output_dir: Path) -> VQVAETrainingConfig:
+        """A copy for the root-velocity phase: its schedule, no step decay, checkpoints in `output_dir`."""
+        arguments = copy.copy(self)
+        arguments.output_dir = str(output_dir)
+        arguments.learning_rate = self.root_learning_rate
+        arguments.per_device_train_batch_size = self.root_per_device_train_batch_size
+        arguments.num_train_epochs = self.root_num_train_epochs
+        arguments.lr_decay_epochs = []
+        return arguments
+
+
+# Recipe values shown in the model card.
+CARD_KEYS = (
+    "window",
+    "window_stride",
+    *MODEL_FIELDS,
+    "learning_rate",
+    "adam_beta1",
+    "adam_beta2",
+    "per_device_train_batch_size",
+    "num_train_epochs",
+    "lr_decay_epochs",
+    "lr_decay_factor",
+    "root_window_stride",
+    "root_per_device_train_batch_size",
+    "root_learning_rate",
+    "root_num_train_epochs",
+    "seed",
+)
+
+
+class VQVAETrainer(Trainer):
+    """`Trainer` for one phase: its loss is the model's (pose or root velocity), its schedule a step decay.
+
+    `lr_decay_epochs` multiply the scheduler's learning rate by `lr_decay_factor` at those epochs
+    (Bailando's MultiStepLR). A non-finite loss raises `E3D2Error` before the optimiser step, so the
+    checkpoints written so far stay the last good ones.
+    """
+
+    def __init__(self, *args: Any, root_velocity_only: bool, lr_decay_epochs: list[int], lr_decay_factor: float, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.root_velocity_only = root_velocity_only
+        self.lr_decay_epochs = sorted(lr_decay_epochs)
+        self.lr_decay_factor = lr_decay_factor
+        self.update_steps_per_epoch = 1
+
+    def set_initial_training_values(self, args, dataloader):
+        values = super().set_initial_training_values(args, dataloader)
+        self.update_steps_per_epoch = max(1, int(values[1]))  # num_update_steps_per_epoch
+        return values
+
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
+        if self.lr_scheduler is None and self.lr_decay_epochs:
+            milestones = [epoch * self.update_steps_per_epoch for epoch in self.lr_decay_epochs]
+            factor = self.lr_decay_factor
+
+            def step_decay(step: int) -> float:
+                return factor ** sum(step >= milestone for milestone in milestones)
+
+            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, step_decay)
+            self._created_lr_scheduler = True
+        return super().create_scheduler(num_training_steps, optimizer)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(joints=inputs["joints"], root_velocity_only=self.root_velocity_only)
+        loss = outputs.loss
+        if not torch.isfinite(loss.detach()).all():
+            phase = "root-velocity" if self.root_velocity_only else "pose"
+            raise E3D2Error(
+                f"vqvae: non-finite {phase} loss at step {self.state.global_step} (epoch {self.state.epoch or 0:.2f}); "
+                f"the checkpoints in {self.args.output_dir} are kept: lower the learning rate and run again to resume"
+            )
+        return (loss, outputs) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            loss = model(joints=inputs["joints"], root_velocity_only=self.root_velocity_only).loss.detach()
+        return loss, None, None
+
+
+def collate_windows(features: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
+    """Stack the windows' joints into a (B, T, 24, 3) float tensor."""
+    return {"joints": torch.from_numpy(np.stack([feature["joints"] for feature in features]))}
+
+
+def load_prepared_dataset(data_path: str | Path) -> Any:
+    """The prepared DatasetDict (`e3d2_hf.data.build.load_prepared`, which checks its splits and columns)."""
+    from e3d2_hf.data.build import load_prepared  # imported on use: the audio stack it pulls in is not needed to import this module
+
+    return load_prepared(data_path)
+
+
+def load_joint_sequences(data_path: str | Path) -> dict[str, list[np.ndarray]]:
+    """Joints of every split of the prepared dataset, checked: (T, 24, 3), finite."""
+    dataset = load_prepared_dataset(data_path)
+    sequences = {}
+    for split, rows in dataset.items():
+        names = rows["name"]
+        joints = split_columns(rows, ["joints"])["joints"]
+        for name, array in zip(names, joints):
+            if array.ndim != 3 or array.shape[1:] != (NUM_JOINTS, 3):
+                raise E3D2Error(f"{data_path}: split '{split}', sequence '{name}': joints must be (T, {NUM_JOINTS}, 3), got {array.shape}")
+            if not np.isfinite(array).all():
+                raise E3D2Error(f"{data_path}: split '{split}', sequence '{name}': joints contain NaN or inf")
+        sequences[split] = joints
+    return sequences
+
+
+def training_windows(sequences: list[np.ndarray], window: int, stride: int, source: str) -> SequenceWindows:
+    """The split's windows; `E3D2Error` when the split is empty or every sequence is shorter than a window."""
+    if not sequences:
+        raise E3D2Error(f"{source}: the train split is empty")
+    windows = SequenceWindows({"joints": sequences}, window=window, stride=stride)
+    if len(windows) == 0:
+        longest = max(len(sequence) for sequence in sequences)
+        raise E3D2Error(f"{source}: no train sequence is as long as one window ({window} frames; the longest has {longest})")
+    return windows
+
+
+@torch.no_grad()
+def evaluate_reconstruction(model: E3D2VQVAE, sequences: list[np.ndarray], progress: bool = True) -> dict[str, Any]:
+    """Reconstruction error of whole sequences (each cropped to a multiple of 8 frames).
+
+    `mpjpe_cm`: mean per-joint position error of the root-relative pose (what the VQ-VAE encodes),
+    centimetres. `mpjpe_global_cm`: of the absolute joints when the root is integrated from the
+    predicted velocities starting at the true first root (drift included). `codebook_usage`:
+    distinct codes used per half, their share of the codebook and the code perplexity.
+    """
+    was_training = model.training
+    model.eval()
+    step = model.config.frames_per_code
+    relative_errors, global_errors, upper_codes, lower_codes = [], [], [], []
+    for joints in tqdm(sequences, desc="vqvae eval", disable=not progress, leave=False):
+        joints = torch.from_numpy(np.asarray(joints[: len(joints) // step * step], dtype=np.float32)).to(model.device)[None]
+        if joints.shape[1] == 0:
+            continue
+        upper, lower = model.encode(joints)
+        decoded = model.decode(upper, lower, root_start=joints[:, 0, 0])
+        relative_true = joints - joints[:, :, :1]
+        relative_decoded = decoded - decoded[:, :, :1]
+        relative_errors.append((relative_decoded - relative_true).norm(dim=-1).flatten().cpu())
+        global_errors.append((decoded - joints).norm(dim=-1).flatten().cpu())
+        upper_codes.append(upper.flatten().cpu())
+        lower_codes.append(lower.flatten().cpu())
+    model.train(was_training)
+    if not relative_errors:
+        return {"num_sequences": 0}
+
+    def usage(codes: list[torch.Tensor]) -> dict[str, float]:
+        counts = torch.bincount(torch.cat(codes), minlength=model.config.codebook_size).double()
+        probabilities = counts / counts.sum()
+        entropy = -(probabilities[probabilities > 0] * probabilities[probabilities > 0].log()).sum()
+        used = int((counts > 0).sum())
+        return {"codes_used": used, "fraction_used": used / model.config.codebook_size, "perplexity": float(entropy.exp())}
+
+    return {
+        "num_sequences": len(relative_errors),
+        "num_frames": int(sum(len(errors) for errors in relative_errors) // NUM_JOINTS),
+        "mpjpe_cm": float(torch.cat(relative_errors).mean()) * 100.0,
+        "mpjpe_global_cm": float(torch.cat(global_errors).mean()) * 100.0,
+        "codebook_usage": {"upper": usage(upper_codes), "lower": usage(lower_codes)},
+    }
+
+
+def model_card(config: VQVAETrainingConfig, evaluation: dict[str, Any], counts: dict[str, int]) -> str:
+    """README.md of the saved model: what it is, what it reached, the recipe values that made it."""
+    heldout = evaluation.get("heldout", {})
+    usage = heldout.get("codebook_usage", {})
+    lines = [
+        "---",
+        "library_name: transformers",
+        "tags: [e3d2, vq-vae, dance-generation, choreographic-memory]",
+        "---",
+        "# E3D2 VQ-VAE (choreographic memory)",
+        "",
+        "Bailando's upper/lower-body VQ-VAEs: 60 fps SMPL joints (root-relative) -> one code per 8 frames and body half,",
+        f"{config.codebook_size} codes each, plus a root-velocity decoder so decoded dances travel. Trained on",
+        f"{counts['train_sequences']} sequences ({counts['pose_windows']} windows of {config.window} frames), root decoder on",
+        f"{counts['root_windows']} windows; evaluated on the {heldout.get('num_sequences', 0)} held-out (val + test) sequences.",
+        "",
+        "## Held-out reconstruction",
+        "",
+        "| MPJPE root-relative (cm) | MPJPE with integrated root (cm) | upper codes used | lower codes used |",
+        "|---|---|---|---|",
+        f"| {heldout.get('mpjpe_cm', math.nan):.2f} | {heldout.get('mpjpe_global_cm', math.nan):.2f} "
+        f"| {usage.get('upper', {}).get('codes_used', 0)} | {usage.get('lower', {}).get('codes_used', 0)} |",
+        "",
+        "## Recipe (section `vqvae`)",
+        "",
+        "| key | value |",
+        "|---|---|",
+        *(f"| {key} | {getattr(config, key)} |" for key in CARD_KEYS),
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from e3d2_hf.models.modeling_vqvae import E3D2VQVAE",
+        "vqvae = E3D2VQVAE.from_pretrained(PATH).eval()",
+        "upper_codes, lower_codes = vqvae.encode(joints)          # joints (B, T, 24, 3), T a multiple of 8",
+        "joints = vqvae.decode(upper_codes, lower_codes, root_start=None)",
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _check_resumable(work_dir: Path, model_config: VQVAEConfig) -> None:
+    """Refuse to resume a work folder made with other model sizes; record the sizes in a new one."""
+    record = work_dir / "model_config.json"
+    wanted = {name: getattr(model_config, name) for name in MODEL_FIELDS}
+    if record.is_file():
+        found = json.loads(record.read_text())
+        if found != wanted:
+            changed = sorted(name for name in wanted if found.get(name) != wanted[name])
+            raise E3D2Error(f"{work_dir}: an interrupted run with other model sizes ({', '.join(changed)}) is there; rerun with --resume false")
+        return
+    work_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_file(record, "w") as handle:
+        handle.write(json.dumps(wanted, indent=2) + "\n")
+
+
+def _run_phase(
+    model: E3D2VQVAE, arguments: VQVAETrainingConfig, windows: SequenceWindows, root_velocity_only: bool
+) -> VQVAETrainer:
+    """Train one phase; only that phase's parameters get gradients. Resumes from its last checkpoint."""
+    for parameter in model.pose_parameters():
+        parameter.requires_grad_(not root_velocity_only)
+    for parameter in model.root_velocity_parameters():
+        parameter.requires_grad_(root_velocity_only)
+    output_dir = Path(arguments.output_dir)
+    checkpoint = get_last_checkpoint(str(output_dir)) if arguments.resume and output_dir.is_dir() else None
+    if checkpoint:
+        logger.info("vqvae: resuming the %s phase from %s", "root" if root_velocity_only else "pose", checkpoint)
+    set_seed(arguments.seed)
+    trainer = VQVAETrainer(
+        model=model,
+        args=arguments,
+        train_dataset=windows,
+        data_collator=collate_windows,
+        root_velocity_only=root_velocity_only,
+        lr_decay_epochs=arguments.lr_decay_epochs,
+        lr_decay_factor=arguments.lr_decay_factor,
+    )
+    trainer.train(resume_from_checkpoint=checkpoint)
+    return trainer
+
+
+def train_vqvae(config: VQVAETrainingConfig) -> Path:
+    """Train both phases on `config.data_path`, evaluate on val + test, write `config.output_dir` (RUN/vqvae); returns it."""
+    sequences = load_joint_sequences(config.data_path)
+    source = f"{config.data_path} (train split)"
+    pose_windows = training_windows(sequences["train"], config.window, config.window_stride, source)
+    root_windows = training_windows(sequences["train"], config.window, config.root_window_stride, source)
+    model_config = config.model_config()
+
+    final_dir = Path(config.output_dir)
+    work_dir = final_dir.with_name(f".{final_dir.name}.training")
+    is_main = config.process_index == 0
+    with config.main_process_first(desc="vqvae work folder"):
+        if is_main and not config.resume:
+            shutil.rmtree(work_dir, ignore_errors=True)
+        _check_resumable(work_dir, model_config)
+
+    pose_model_dir = work_dir / "pose_model"
+    if config.resume and (pose_model_dir / "config.json").is_file():
+        logger.info("vqvae: pose phase already finished, loading %s", pose_model_dir)
+        model = E3D2VQVAE.from_pretrained(pose_model_dir)
+    else:
+        set_seed(config.seed)
+        model = E3D2VQVAE(model_config)
+        pose_arguments = copy.copy(config)
+        pose_arguments.output_dir = str(work_dir / "pose")
+        trainer = _run_phase(model, pose_arguments, pose_windows, root_velocity_only=False)
+        model = trainer.model
+        trainer.accelerator.wait_for_everyone()
+        if is_main:
+            with atomic_directory(pose_model_dir) as tmp:
+                model.save_pretrained(tmp)
+
+    if config.root_num_train_epochs > 0:
+        trainer = _run_phase(model, config.root_phase_arguments(work_dir / "root"), root_windows, root_velocity_only=True)
+        model = trainer.model
+        trainer.accelerator.wait_for_everyone()
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+
+    if is_main:
+        heldout = [joints for split in HELDOUT_SPLITS for joints in sequences[split]]
+        evaluation = {
+            "heldout": evaluate_reconstruction(model, heldout),
+            **{split: evaluate_reconstruction(model, sequences[split], progress=False) for split in HELDOUT_SPLITS},
+            "heldout_splits": list(HELDOUT_SPLITS),
+            "mpjpe_scope": "whole sequences cropped to a multiple of 8 frames; mpjpe_cm root-relative, mpjpe_global_cm with the integrated root",
+        }
+        counts = {"train_sequences": len(sequences["train"]), "pose_windows": len(pose_windows), "root_windows": len(root_windows)}
+        with atomic_directory(final_dir) as tmp:
+            model.save_pretrained(tmp)
+            for phase in ("pose", "root"):
+                logs = work_dir / phase / "runs"
+                if logs.is_dir():
+                    shutil.move(str(logs), str(tmp / "runs" / phase))
+            (tmp / "eval.json").write_text(json.dumps(evaluation, indent=2) + "\n")
+            (tmp / "README.md").write_text(model_card(config, evaluation, counts))
+            (tmp / "training_config.json").write_text(config.to_json_string())
+        shutil.rmtree(work_dir, ignore_errors=True)
+        logger.info(
+            "vqvae -> %s: held-out MPJPE %.2f cm (root-relative), %.2f cm (integrated root); codes used upper %d, lower %d",
+            final_dir,
+            evaluation["heldout"].get("mpjpe_cm", math.nan),
+            evaluation["heldout"].get("mpjpe_global_cm", math.nan),
+            evaluation["heldout"].get("codebook_usage", {}).get("upper", {}).get("codes_used", 0),
+            evaluation["heldout"].get("codebook_usage", {}).get("lower", {}).get("codes_used", 0),
+        )
+    return final_dir
+
+
+__all__ = [
+    "VQVAETrainer",
+    "VQVAETrainingConfig",
+    "collate_windows",
+    "evaluate_reconstruction",
+    "load_joint_sequences",
+    "load_prepared_dataset",
+    "train_vqvae",
+    "training_windows",
+]
