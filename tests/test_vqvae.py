@@ -180,19 +180,6 @@ TINY_TRAINING = {
 }
 
 
-@pytest.fixture(autouse=True)
-def prepared_loader(monkeypatch):
-    """Read the test's DatasetDicts with `e3d2_hf.data.build.load_prepared` when the data layer imports, else directly.
-
-    The prepare stage (and the music module it imports) is written separately; these tests must
-    not depend on it, but use it once it is there.
-    """
-    try:
-        import e3d2_hf.data.build  # noqa: F401
-    except ImportError:
-        monkeypatch.setattr(vqvae_trainer, "load_prepared_dataset", lambda path: datasets.load_from_disk(str(path)))
-
-
 def write_prepared(data_dir, frames_per_split: dict[str, list[int]], seed: int = 0, corrupt: bool = False) -> None:
     """A prepared DatasetDict in the contract's layout (all columns, manifest.json) with dance-like joints.
 
