@@ -62,11 +62,22 @@ def load_audio(path: str | os.PathLike, sr: int) -> np.ndarray:
 
 def extract_music_features(audio_or_path: np.ndarray | str | os.PathLike, fps: float = 60.0) -> np.ndarray:
     """The (T, 438) float32 features of an audio file, or of mono audio already at `fps * 512` Hz."""
-    import librosa
-
     sr = sample_rate_for(fps)
     audio = audio_or_path if isinstance(audio_or_path, np.ndarray) else load_audio(audio_or_path, sr)
     audio = np.asarray(audio, dtype=np.float32)
+    if audio.ndim != 1 or audio.size < HOP_LENGTH * 4 or not np.all(np.isfinite(audio)):
+        raise E3D2Error(f"audio array of shape {audio.shape}: expected finite mono samples, at least {HOP_LENGTH * 4}")
+    with warnings.catch_warnings():
+        # Silent or click-only audio has no pitched content: chroma's tuning estimate warns and
+        # falls back to 0, which is the right answer here.
+        warnings.filterwarnings("ignore", message="Trying to estimate tuning from empty frequency set")
+        return _features(audio, sr)
+
+
+def _features(audio: np.ndarray, sr: int) -> np.ndarray:
+    """Bailando's librosa calls (keyword arguments: librosa >= 0.10 rejects the positional ones)."""
+    import librosa
+
     mel_db = librosa.power_to_db(librosa.feature.melspectrogram(y=audio, sr=sr, hop_length=HOP_LENGTH, n_mels=128), ref=np.max)
     mfcc = librosa.feature.mfcc(S=mel_db, n_mfcc=20)
     mfcc_delta = librosa.feature.delta(mfcc, width=3)
@@ -75,13 +86,14 @@ def extract_music_features(audio_or_path: np.ndarray | str | os.PathLike, fps: f
     onset_envelope = librosa.onset.onset_strength(y=percussive, sr=sr, hop_length=HOP_LENGTH, aggregate=np.median)
     _, beat_frames = librosa.beat.beat_track(onset_envelope=onset_envelope, sr=sr, hop_length=HOP_LENGTH)
     beat_onehot = np.zeros_like(onset_envelope)
-    beat_onehot[np.asarray(beat_frames, dtype=int)[np.asarray(beat_frames) < beat_onehot.size]] = 1.0
+    beat_frames = np.asarray(beat_frames, dtype=int)
+    beat_onehot[beat_frames[beat_frames < beat_onehot.size]] = 1.0
     tempogram = librosa.feature.tempogram(onset_envelope=onset_envelope, sr=sr, hop_length=HOP_LENGTH)
     streams = [mfcc, mfcc_delta, chroma, onset_envelope[None], beat_onehot[None], tempogram]
     frames = min(stream.shape[1] for stream in streams)
     features = np.concatenate([stream[:, :frames] for stream in streams], axis=0).T.astype(np.float32)
-    assert features.shape[1] == MUSIC_FEATURE_DIM
-    return np.nan_to_num(features, nan=0.0, posinf=0.0, neginf=0.0)  # silent audio gives 0/0 in chroma
+    # Silent audio gives 0/0 in chroma: its features are legitimately all zero, with no beats.
+    return np.nan_to_num(features, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def music_features(path: str | os.PathLike, fps: float = 60.0, cache: bool = True) -> np.ndarray:
