@@ -72,7 +72,8 @@ def parse_recipe(config_cls: type[ConfigT], section: str, argv: list[str] | None
     unknown = sorted(set(values) - field_names)
     if unknown:
         raise E3D2Error(f"{recipe_path}: unknown key '{unknown[0]}' in section '{section}' ({config_cls.__name__} has no such field)")
-    run_dir = run_dir_of(recipe)
+    run_dir = _overridden_run_dir(overrides) or values.get("run_dir") or run_dir_of(recipe)
+    run_dir = Path(run_dir)
     implied = {"run_dir": str(run_dir), "output_dir": str(run_dir / section), "seed": recipe.get("seed")}
     for name, value in implied.items():
         if name in field_names and name not in values and value is not None:
@@ -86,6 +87,16 @@ def parse_recipe(config_cls: type[ConfigT], section: str, argv: list[str] | None
     except ValueError as exc:  # flags that name no field
         raise E3D2Error(f"{recipe_path}: unknown command-line override ({exc})") from exc
     return config
+
+
+def _overridden_run_dir(overrides: list[str]) -> str | None:
+    """`--run_dir X` on the command line moves the stage's default `output_dir` with it."""
+    for index, flag in enumerate(overrides):
+        if flag == "--run_dir" and index + 1 < len(overrides):
+            return overrides[index + 1]
+        if flag.startswith("--run_dir="):
+            return flag.split("=", 1)[1]
+    return None
 
 
 def run_stage(section: str, config_cls: type[ConfigT], stage: Callable[[ConfigT], Any], argv: list[str] | None = None) -> int:

@@ -68,3 +68,9 @@ def test_shipped_recipes_parse():
     for name in ("tiny.yaml", "e3d2.yaml"):
         recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / name)
         assert recipe["run_name"]
+
+
+def test_run_dir_override_moves_the_output_dir(tmp_path):
+    recipe = write_recipe(tmp_path, "run_name: toy\n")
+    config = parse_recipe(ToyStageConfig, "toy", [recipe, "--run_dir", "elsewhere/run"])
+    assert config.run_dir == "elsewhere/run" and config.output_dir == "elsewhere/run/toy"

@@ -1,0 +1,477 @@
+"""Stage 1b: behaviour cloning, the GPT policy trained to predict the next pose codes of the dataset's dances.
+
+Bailando's recipe (lisiyao21/Bailando `configs/cc_motion_gpt.yaml`, ../shared/docs/bailando-reference.md),
+which E3D2 keeps for its behaviour-cloning policy (paper appendix, "Behavior Cloning"):
+
+- Data: the VQ-VAE's pose codes of every training dance (`e3d2_hf.data.codes`, encoded once and
+  cached in `RUN/pose_codes`), cut into windows of 30 steps (Bailando: 240 frames) every step
+  (Bailando: every 8 frames). A window gives inputs steps 0..28 with music frames 1..29 and targets
+  steps 1..29 (`dance_to_inputs`); loss CE(upper) + CE(lower), the model's own.
+- Model: 12 blocks (6 base + 6 head), 12 heads, width 768, dropout 0.1, context 29 steps.
+- Optimiser: Adam, lr 3e-4, betas (0.5, 0.999), no weight decay, no gradient clipping, batch 32;
+  MultiStepLR x0.1 at epochs 250 and 400 (`lr_decay_epochs`). Bailando's config runs 500 epochs, but
+  the checkpoint it evaluates and fine-tunes with RL is epoch 400 (`testing.ckpt_epoch` and
+  `actor_critic.yaml: init_weight .../epoch_400.pt`), so the paper recipe stops at 400 epochs.
+
+Training runs through `transformers.Trainer` (tensorboard logs, checkpoints) in a hidden work folder
+`RUN/.bc.training`; with `resume` (default) a rerun continues from its last checkpoint, and a rerun
+with other model sizes, window or VQ-VAE is refused. A non-finite loss stops training with
+`E3D2Error`, keeping the checkpoints.
+
+Diagnostics (paper Table 4): next-code accuracy with teacher forcing on windows of the training
+dances ("seen" music) and of the held-out val + test dances ("unseen" music): per half, "complete
+pose" (both halves right) and "partial pose" (at least one right). The windows are the training
+windows' shape, one every `window - 1` steps, so every step after a sequence's first is predicted
+exactly once (the tail shorter than a window is left out).
+
+At the end `RUN/bc` (= `output_dir`) appears complete: the policy's `save_pretrained` folder with its
+VQ-VAE in `RUN/bc/vqvae` (so `AutoModelForCausalLM.from_pretrained("RUN/bc")` can dance),
+`diagnostics.json`, a model card README.md with the recipe values and the diagnostics,
+`training_config.json` and the tensorboard logs under `runs/`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import Trainer, TrainingArguments, set_seed
+from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType, get_last_checkpoint
+
+from e3d2_hf.data.build import load_prepared
+from e3d2_hf.data.codes import POSE_CODES_DIR, check_codebooks_initialised, code_sequences, load_or_encode_codes, vqvae_fingerprint
+from e3d2_hf.data.windows import SequenceWindows
+from e3d2_hf.models.configuration_policy import PolicyConfig
+from e3d2_hf.models.modeling_policy import E3D2PolicyModel, dance_to_inputs
+from e3d2_hf.models.modeling_vqvae import E3D2VQVAE
+from e3d2_hf.utils import E3D2Error, atomic_directory, atomic_file
+
+logger = logging.getLogger(__name__)
+
+SEEN_SPLITS = ("train",)
+UNSEEN_SPLITS = ("val", "test")
+DIAGNOSTICS_FILE = "diagnostics.json"
+# E3D2 paper Table 4: the BC policy's next-pose-code accuracy on AIST++ (percent).
+PAPER_TABLE_4 = {"seen": {"complete": 54.69, "partial": 73.44}, "unseen": {"complete": 2.32, "partial": 7.52}}
+MODEL_FIELDS = (
+    "codebook_size",
+    "music_dim",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_base_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "context_length",
+    "embedding_dropout",
+    "residual_dropout",
+    "attention_dropout",
+)
+
+
+@dataclass
+class BCTrainingConfig(TrainingArguments):
+    """The `bc:` section of a recipe: policy sizes, windows, schedule and `TrainingArguments`.
+
+    Defaults are Bailando's (paper scale). `window` is in pose-code steps (8 frames each) and gives
+    `window - 1` input tokens, which must fit the policy's `context_length`.
+    """
+
+    run_dir: str = field(default="runs/e3d2", metadata={"help": "Run folder: data, vqvae and pose codes are read from it."})
+    data_path: str | None = field(default=None, metadata={"help": "Prepared DatasetDict (default: <run_dir>/data)."})
+    vqvae_path: str | None = field(default=None, metadata={"help": "Trained VQ-VAE folder (default: <run_dir>/vqvae)."})
+    codes_path: str | None = field(default=None, metadata={"help": f"Pose-code cache (default: <run_dir>/{POSE_CODES_DIR})."})
+    window: int = field(default=30, metadata={"help": "Pose-code steps per training window (inputs window-1, targets window-1)."})
+    window_stride: int = field(default=1, metadata={"help": "Steps between training window starts."})
+    codebook_size: int = field(default=512, metadata={"help": "Codes per body half; must equal the VQ-VAE's."})
+    music_dim: int = field(default=438, metadata={"help": "Width of the 7.5 fps music features."})
+    hidden_size: int = field(default=768, metadata={"help": "Transformer width."})
+    num_hidden_layers: int = field(default=12, metadata={"help": "Transformer blocks (base + head)."})
+    num_base_layers: int = field(default=6, metadata={"help": "Base blocks (shared with the PPO value network)."})
+    num_attention_heads: int = field(default=12, metadata={"help": "Attention heads per block."})
+    intermediate_size: int | None = field(default=None, metadata={"help": "MLP width (default 4 x hidden_size)."})
+    context_length: int = field(default=29, metadata={"help": "Steps the policy attends to (its sliding window)."})
+    embedding_dropout: float = field(default=0.1, metadata={"help": "Dropout on the summed token embeddings."})
+    residual_dropout: float = field(default=0.1, metadata={"help": "Dropout on attention and MLP outputs."})
+    attention_dropout: float = field(default=0.1, metadata={"help": "Dropout on attention weights."})
+    lr_decay_epochs: list[int] = field(
+        default_factory=lambda: [250, 400], metadata={"help": "Epochs at which the learning rate is multiplied by lr_decay_factor."}
+    )
+    lr_decay_factor: float = field(default=0.1, metadata={"help": "Learning-rate factor applied at each of the decay epochs."})
+    resume: bool = field(default=True, metadata={"help": "Continue from the checkpoints of an interrupted run of this stage."})
+
+    # TrainingArguments defaults replaced by Bailando's values and this stage's needs.
+    learning_rate: float = 3e-4
+    adam_beta1: float = 0.5
+    adam_beta2: float = 0.999
+    weight_decay: float = 0.0
+    optim: str = "adamw_torch"  # with weight_decay 0 this is Adam
+    max_grad_norm: float = 0.0  # Bailando does not clip gradients
+    num_train_epochs: float = 400.0
+    per_device_train_batch_size: int = 32
+    per_device_eval_batch_size: int = 32
+    lr_scheduler_type: SchedulerType | str = "constant"  # the step decay above is applied on top
+    seed: int = 0
+    save_strategy: SaveStrategy | str = "epoch"
+    save_total_limit: int | None = 2
+    eval_strategy: IntervalStrategy | str = "no"  # with "epoch"/"steps": loss on the held-out windows
+    logging_steps: float = 50
+    report_to: None | str | list[str] = "tensorboard"
+    prediction_loss_only: bool = True
+    remove_unused_columns: bool = False  # the collator builds the model's arguments
+    label_names: list[str] | None = field(default_factory=lambda: ["upper_labels", "lower_labels"])
+
+    def __post_init__(self):
+        run_dir = Path(self.run_dir)
+        if self.output_dir is None:
+            self.output_dir = str(run_dir / "bc")
+        self.data_path = self.data_path or str(run_dir / "data")
+        self.vqvae_path = self.vqvae_path or str(run_dir / "vqvae")
+        self.codes_path = self.codes_path or str(run_dir / POSE_CODES_DIR)
+        if self.window < 2 or self.window_stride < 1:
+            raise E3D2Error(f"bc: window must be at least 2 steps and window_stride positive, got {self.window}, {self.window_stride}")
+        if self.window - 1 > self.context_length:
+            raise E3D2Error(
+                f"bc: a window of {self.window} steps gives {self.window - 1} input tokens, more than the policy's "
+                f"context of {self.context_length} steps (lower window or raise context_length)"
+            )
+        if any(epoch < 1 for epoch in self.lr_decay_epochs) or not 0 < self.lr_decay_factor <= 1:
+            raise E3D2Error(f"bc: lr_decay_epochs must be positive and lr_decay_factor in (0, 1], got {self.lr_decay_epochs}, {self.lr_decay_factor}")
+        super().__post_init__()
+
+    def model_config(self) -> PolicyConfig:
+        """The policy these settings describe (raises `E3D2Error` on inconsistent sizes)."""
+        return PolicyConfig(**{name: getattr(self, name) for name in MODEL_FIELDS})
+
+
+# Recipe values shown in the model card.
+CARD_KEYS = (
+    "window",
+    "window_stride",
+    *MODEL_FIELDS,
+    "learning_rate",
+    "adam_beta1",
+    "adam_beta2",
+    "weight_decay",
+    "max_grad_norm",
+    "per_device_train_batch_size",
+    "num_train_epochs",
+    "lr_decay_epochs",
+    "lr_decay_factor",
+    "seed",
+)
+
+
+def collate_code_windows(features: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
+    """Windows in timeline form (codes and music of steps 0..W-1) -> the policy's arguments (`dance_to_inputs`)."""
+    upper = torch.from_numpy(np.stack([feature["upper_codes"] for feature in features]))
+    lower = torch.from_numpy(np.stack([feature["lower_codes"] for feature in features]))
+    music = torch.from_numpy(np.stack([feature["music_features_7p5"] for feature in features]))
+    return dance_to_inputs(upper, lower, music)
+
+
+class BCTrainer(Trainer):
+    """`Trainer` whose loss is the policy's CE(upper) + CE(lower), with a step learning-rate decay.
+
+    `lr_decay_epochs` multiply the scheduler's learning rate by `lr_decay_factor` at those epochs
+    (Bailando's MultiStepLR). A non-finite loss raises `E3D2Error` before the optimiser step, so the
+    checkpoints written so far stay the last good ones.
+    """
+
+    def __init__(self, *args: Any, lr_decay_epochs: list[int], lr_decay_factor: float, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.lr_decay_epochs = sorted(lr_decay_epochs)
+        self.lr_decay_factor = lr_decay_factor
+        self.update_steps_per_epoch = 1
+
+    def set_initial_training_values(self, args, dataloader):
+        values = super().set_initial_training_values(args, dataloader)
+        self.update_steps_per_epoch = max(1, int(values[1]))  # num_update_steps_per_epoch
+        return values
+
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
+        if self.lr_scheduler is None and self.lr_decay_epochs:
+            milestones = [epoch * self.update_steps_per_epoch for epoch in self.lr_decay_epochs]
+            factor = self.lr_decay_factor
+
+            def step_decay(step: int) -> float:
+                return factor ** sum(step >= milestone for milestone in milestones)
+
+            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, step_decay)
+            self._created_lr_scheduler = True
+        return super().create_scheduler(num_training_steps, optimizer)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**inputs)
+        loss = outputs.loss
+        if not torch.isfinite(loss.detach()).all():
+            raise E3D2Error(
+                f"bc: non-finite loss at step {self.state.global_step} (epoch {self.state.epoch or 0:.2f}); "
+                f"the checkpoints in {self.args.output_dir} are kept: lower the learning rate and run again to resume"
+            )
+        return (loss, outputs) if return_outputs else loss
+
+
+def load_vqvae(path: str | Path, codebook_size: int) -> E3D2VQVAE:
+    """The trained VQ-VAE at `path`, checked against the policy's codebook size; `E3D2Error` if missing or mismatched."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise E3D2Error(f"{path}: no VQ-VAE here (config.json missing); train stage 1a first (scripts/vqvae.py)")
+    try:
+        vqvae = E3D2VQVAE.from_pretrained(path)
+    except (OSError, ValueError, KeyError) as exc:
+        raise E3D2Error(f"{path}: cannot load the VQ-VAE ({type(exc).__name__}: {exc})") from exc
+    if vqvae.config.codebook_size != codebook_size:
+        raise E3D2Error(
+            f"{path}: the VQ-VAE has {vqvae.config.codebook_size} codes per body half, the policy's codebook_size is {codebook_size}"
+        )
+    check_codebooks_initialised(vqvae, str(path))
+    return vqvae.eval()
+
+
+def check_prepared_data(data_path: str | Path, music_dim: int) -> None:
+    """Fail before any encoding or training: empty splits, music features of the wrong width."""
+    prepared = load_prepared(data_path)
+    for group in (SEEN_SPLITS, UNSEEN_SPLITS):
+        if sum(len(prepared[split]) for split in group) == 0:
+            raise E3D2Error(f"{data_path}: the {' + '.join(group)} split{'s are' if len(group) > 1 else ' is'} empty")
+    for split, rows in prepared.items():
+        width = rows.features["music_features_7p5"].shape[-1]
+        if width != music_dim:
+            raise E3D2Error(f"{data_path}: split '{split}' has music features of width {width}, the policy expects {music_dim}")
+
+
+def gather_code_sequences(codes: Any, splits: tuple[str, ...], source: str) -> dict[str, list[np.ndarray]]:
+    """Per-step columns (`code_sequences`) of every sequence of `splits`; `E3D2Error` if they hold none."""
+    sequences: dict[str, list[np.ndarray]] = {"upper_codes": [], "lower_codes": [], "music_features_7p5": []}
+    for split in splits:
+        for column, arrays in code_sequences(codes[split]).items():
+            sequences[column].extend(arrays)
+    if not sequences["upper_codes"]:
+        raise E3D2Error(f"{source}: the {' + '.join(splits)} split(s) hold no sequence")
+    return sequences
+
+
+def code_windows(sequences: dict[str, list[np.ndarray]], window: int, stride: int, description: str) -> SequenceWindows:
+    """Windows of `window` steps every `stride` steps; `E3D2Error` when no sequence is as long as one window."""
+    windows = SequenceWindows(sequences, window=window, stride=stride)
+    if len(windows) == 0:
+        longest = max(len(codes) for codes in sequences["upper_codes"])
+        raise E3D2Error(f"{description}: no sequence is as long as one window ({window} steps = {8 * window} frames; the longest has {longest} steps)")
+    return windows
+
+
+@torch.no_grad()
+def next_code_accuracy(policy: E3D2PolicyModel, windows: SequenceWindows, batch_size: int, progress: bool = True) -> dict[str, float | int]:
+    """Teacher-forced next-code accuracy over `windows`: upper, lower, complete (both) and partial (at least one)."""
+    was_training = policy.training
+    policy.eval()
+    hits = torch.zeros(4, dtype=torch.long)
+    predictions = 0
+    starts = range(0, len(windows), batch_size)
+    for start in tqdm(starts, desc="next-code accuracy", disable=not progress, leave=False):
+        batch = collate_code_windows([windows[index] for index in range(start, min(start + batch_size, len(windows)))])
+        batch = {name: tensor.to(policy.device) for name, tensor in batch.items()}
+        upper_labels, lower_labels = batch.pop("upper_labels"), batch.pop("lower_labels")
+        output = policy(**batch)
+        upper_right = output.upper_logits.argmax(-1) == upper_labels
+        lower_right = output.lower_logits.argmax(-1) == lower_labels
+        hits += torch.stack([upper_right.sum(), lower_right.sum(), (upper_right & lower_right).sum(), (upper_right | lower_right).sum()]).cpu()
+        predictions += upper_right.numel()
+    policy.train(was_training)
+    accuracy = (hits.double() / max(predictions, 1)).tolist()
+    return {
+        "upper": accuracy[0],
+        "lower": accuracy[1],
+        "complete": accuracy[2],
+        "partial": accuracy[3],
+        "windows": len(windows),
+        "predictions": predictions,
+    }
+
+
+def model_card(config: BCTrainingConfig, diagnostics: dict[str, Any], counts: dict[str, Any]) -> str:
+    """README.md of the saved policy: what it is, what it reached, the recipe values that made it."""
+
+    def row(name: str, key: str) -> str:
+        values = diagnostics[key]
+        paper = PAPER_TABLE_4[key]
+        return (
+            f"| {name} | {100 * values['upper']:.2f} | {100 * values['lower']:.2f} | {100 * values['complete']:.2f} "
+            f"| {100 * values['partial']:.2f} | {paper['complete']:.2f} | {paper['partial']:.2f} |"
+        )
+
+    lines = [
+        "---",
+        "library_name: transformers",
+        "pipeline_tag: text-generation",
+        "tags: [e3d2, bailando, dance-generation, behaviour-cloning, music-to-dance]",
+        "---",
+        "# E3D2 behaviour-cloning policy (Bailando's cross-conditional GPT)",
+        "",
+        "A GPT over VQ-VAE pose codes that dances to music: at each 8-frame step it reads the music (438-d features at",
+        "7.5 fps) and both body halves' codes so far, and predicts the next upper- and lower-body codes. Its VQ-VAE is in",
+        "`vqvae/`, so this folder alone turns music into 60 fps SMPL joints. Trained by behaviour cloning (teacher-forced",
+        f"CE(upper) + CE(lower)) on {counts['train_sequences']} training dances: {counts['train_windows']} windows of",
+        f"{config.window} steps per epoch, {counts['epochs']:g} epochs, {counts['steps']} optimiser steps in {counts['seconds']:.0f} s.",
+        "",
+        "## Next-pose-code accuracy (teacher forcing, %)",
+        "",
+        f"Seen: windows of the {' + '.join(SEEN_SPLITS)} dances; unseen: windows of the held-out {' + '.join(UNSEEN_SPLITS)} dances.",
+        "Complete pose: both halves right; partial pose: at least one. Paper: E3D2 Table 4 (AIST++, full-size model).",
+        "",
+        "| music | upper | lower | complete pose | partial pose | paper complete | paper partial |",
+        "|---|---|---|---|---|---|---|",
+        row("seen", "seen"),
+        row("unseen", "unseen"),
+        "",
+        "## Recipe (section `bc`)",
+        "",
+        "| key | value |",
+        "|---|---|",
+        *(f"| {key} | {getattr(config, key)} |" for key in CARD_KEYS),
+        "",
+        "## Use",
+        "",
+        "```python",
+        "import e3d2_hf  # registers the model with the Auto classes",
+        "from transformers import AutoModelForCausalLM",
+        "from e3d2_hf.models.modeling_policy import music_to_joints",
+        "policy = AutoModelForCausalLM.from_pretrained(PATH)",
+        "joints = music_to_joints(policy, music_features_7p5, first_codes=(upper, lower))  # (8 * steps, 24, 3) at 60 fps",
+        "```",
+        "",
+        "or from the command line: `e3d2 dance --model PATH --music song.mp3 --out dances/`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _check_resumable(work_dir: Path, record: dict[str, Any]) -> None:
+    """Refuse to resume a work folder made with other model sizes, window or VQ-VAE; record them in a new one."""
+    path = work_dir / "training_inputs.json"
+    if path.is_file():
+        found = json.loads(path.read_text())
+        if found != record:
+            changed = sorted(
+                {f"policy.{name}" for name in record["policy"] if found.get("policy", {}).get(name) != record["policy"][name]}
+                | {name for name in record if name != "policy" and found.get(name) != record[name]}
+            )
+            raise E3D2Error(f"{work_dir}: an interrupted run with other settings ({', '.join(changed)}) is there; rerun with --resume false")
+        return
+    work_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path, "w") as handle:
+        handle.write(json.dumps(record, indent=2) + "\n")
+
+
+def train_bc(config: BCTrainingConfig) -> Path:
+    """Behaviour cloning on the run's pose codes, diagnostics on seen/unseen music, write `config.output_dir` (RUN/bc); returns it."""
+    model_config = config.model_config()
+    vqvae = load_vqvae(config.vqvae_path, config.codebook_size)
+    check_prepared_data(config.data_path, config.music_dim)
+    with config.main_process_first(desc="pose codes"):
+        codes = load_or_encode_codes(
+            config.run_dir, vqvae.to(config.device), data_path=config.data_path, cache_path=config.codes_path, progress=not config.disable_tqdm
+        )
+    seen = gather_code_sequences(codes, SEEN_SPLITS, config.codes_path)
+    unseen = gather_code_sequences(codes, UNSEEN_SPLITS, config.codes_path)
+    seen_source, unseen_source = (f"{config.codes_path} ({' + '.join(splits)})" for splits in (SEEN_SPLITS, UNSEEN_SPLITS))
+    train_windows = code_windows(seen, config.window, config.window_stride, seen_source)
+    heldout_windows = code_windows(unseen, config.window, config.window_stride, unseen_source)
+    diagnostic_stride = config.window - 1
+    logger.info("bc: %d training windows of %d steps from %d dances", len(train_windows), config.window, len(codes["train"]))
+
+    final_dir = Path(config.output_dir)
+    work_dir = final_dir.with_name(f".{final_dir.name}.training")
+    is_main = config.process_index == 0
+    record = {
+        "policy": {name: getattr(model_config, name) for name in MODEL_FIELDS},
+        "vqvae": vqvae_fingerprint(vqvae),
+        "window": config.window,
+    }
+    with config.main_process_first(desc="bc work folder"):
+        if is_main and not config.resume:
+            shutil.rmtree(work_dir, ignore_errors=True)
+        _check_resumable(work_dir, record)
+
+    set_seed(config.seed)
+    policy = E3D2PolicyModel(model_config)
+    arguments = copy.copy(config)
+    arguments.output_dir = str(work_dir)
+    checkpoint = get_last_checkpoint(str(work_dir)) if config.resume and work_dir.is_dir() else None
+    if checkpoint:
+        logger.info("bc: resuming from %s", checkpoint)
+    trainer = BCTrainer(
+        model=policy,
+        args=arguments,
+        train_dataset=train_windows,
+        eval_dataset=heldout_windows if arguments.eval_strategy != IntervalStrategy.NO else None,
+        data_collator=collate_code_windows,
+        lr_decay_epochs=config.lr_decay_epochs,
+        lr_decay_factor=config.lr_decay_factor,
+    )
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.accelerator.wait_for_everyone()
+    policy = trainer.accelerator.unwrap_model(trainer.model)
+
+    if is_main:
+        progress = not config.disable_tqdm
+        batch_size = config.per_device_eval_batch_size
+        diagnostics = {
+            "seen": next_code_accuracy(policy, code_windows(seen, config.window, diagnostic_stride, seen_source), batch_size, progress),
+            "unseen": next_code_accuracy(policy, code_windows(unseen, config.window, diagnostic_stride, unseen_source), batch_size, progress),
+            "seen_splits": list(SEEN_SPLITS),
+            "unseen_splits": list(UNSEEN_SPLITS),
+            "window": config.window,
+            "window_stride": diagnostic_stride,
+            "scope": "teacher-forced next-code accuracy (fraction) on windows of the training window's shape; "
+            "every step after a sequence's first predicted once, tails shorter than a window left out",
+            "paper_table_4_percent": PAPER_TABLE_4,
+        }
+        counts = {
+            "train_sequences": len(codes["train"]),
+            "train_windows": len(train_windows),
+            "epochs": config.num_train_epochs,
+            "steps": trainer.state.global_step,
+            "seconds": result.metrics.get("train_runtime", math.nan),
+        }
+        policy.attach_vqvae(vqvae.eval())
+        with atomic_directory(final_dir) as tmp:
+            policy.save_pretrained(tmp)
+            logs = work_dir / "runs"
+            if logs.is_dir():
+                shutil.move(str(logs), str(tmp / "runs"))
+            (tmp / DIAGNOSTICS_FILE).write_text(json.dumps(diagnostics, indent=2) + "\n")
+            (tmp / "README.md").write_text(model_card(config, diagnostics, counts))
+            (tmp / "training_config.json").write_text(config.to_json_string())
+        shutil.rmtree(work_dir, ignore_errors=True)
+        logger.info(
+            "bc -> %s: next-code accuracy seen complete %.2f%% partial %.2f%%, unseen complete %.2f%% partial %.2f%%",
+            final_dir,
+            100 * diagnostics["seen"]["complete"],
+            100 * diagnostics["seen"]["partial"],
+            100 * diagnostics["unseen"]["complete"],
+            100 * diagnostics["unseen"]["partial"],
+        )
+    return final_dir
+
+
+__all__ = [
+    "BCTrainer",
+    "BCTrainingConfig",
+    "code_windows",
+    "collate_code_windows",
+    "gather_code_sequences",
+    "load_vqvae",
+    "model_card",
+    "next_code_accuracy",
+    "train_bc",
+]

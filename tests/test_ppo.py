@@ -1,0 +1,469 @@
+"""PPO (stage 4): formulas against hand-computed values, a toy reward PPO must raise, resume, DDP gradients, end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import datasets
+import huggingface_hub
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+import e3d2_hf.models.modeling_policy  # noqa: F401  (registers the policy with the Auto classes)
+from e3d2_hf.data.music import BEAT_COLUMN
+from e3d2_hf.models.configuration_policy import PolicyConfig
+from e3d2_hf.models.configuration_reward import RewardModelConfig
+from e3d2_hf.models.configuration_vqvae import VQVAEConfig
+from e3d2_hf.models.modeling_policy import E3D2PolicyModel
+from e3d2_hf.models.modeling_reward import E3D2RewardModel
+from e3d2_hf.models.modeling_vqvae import E3D2VQVAE
+from e3d2_hf.recipe import parse_recipe, run_stage
+from e3d2_hf.skeleton import forward_kinematics
+from e3d2_hf.trainers import ppo
+from e3d2_hf.trainers.environment import Episodes, MusicSegments
+from e3d2_hf.trainers.ppo import PPOConfig, PPOTrainer, train_ppo
+from e3d2_hf.trainers.rewards import BeatAlignmentReward, LearnedReward, RewardFunction, RewardNormalization
+from e3d2_hf.utils import E3D2Error
+
+ROOT = Path(__file__).resolve().parents[1]
+CODEBOOK = 16
+TOY_MUSIC_DIM = 8
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread and do not stall when other processes hold the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ----------------------------------------------------------------------------------------------
+# Toy setting: a tiny policy on random music, reward = share of upper-body codes equal to 0.
+# ----------------------------------------------------------------------------------------------
+class UpperCodeZeroReward(RewardFunction):
+    """Sparse toy reward: at the last step, the fraction of the episode's chosen upper codes that are 0."""
+
+    name = "upper_code_zero"
+    sparse = True
+
+    def __call__(self, episodes: Episodes) -> torch.Tensor:
+        rewards = torch.zeros(len(episodes), episodes.upper_codes.shape[1] - 1)
+        rewards[:, -1] = (episodes.upper_codes[:, 1:] == 0).float().mean(-1)
+        return rewards
+
+
+def tiny_policy(seed: int = 0, music_dim: int = TOY_MUSIC_DIM, codebook: int = CODEBOOK) -> E3D2PolicyModel:
+    torch.manual_seed(seed)
+    config = PolicyConfig(
+        codebook_size=codebook, music_dim=music_dim, hidden_size=32, num_hidden_layers=2, num_base_layers=1,
+        num_attention_heads=4, intermediate_size=64,
+    )  # fmt: skip
+    return E3D2PolicyModel(config).eval()
+
+
+def toy_segments(num_sequences: int = 4, steps: int = 40, seed: int = 0) -> MusicSegments:
+    rng = np.random.default_rng(seed)
+    return MusicSegments(
+        [f"seq{index}" for index in range(num_sequences)],
+        [rng.integers(0, CODEBOOK, steps) for _ in range(num_sequences)],
+        [rng.integers(0, CODEBOOK, steps) for _ in range(num_sequences)],
+        [rng.standard_normal((steps, TOY_MUSIC_DIM)).astype(np.float32) for _ in range(num_sequences)],
+        [np.zeros(8 * steps, np.float32) for _ in range(num_sequences)],
+    )
+
+
+def toy_config(tmp_path: Path, **overrides) -> PPOConfig:
+    settings = dict(
+        run_dir=str(tmp_path), max_steps=4, rollout_segments=64, train_batch_size=32, value_num_layers=1,
+        eval_steps=0, report_to="none", learning_rate=1e-3, save_steps=100,
+    )  # fmt: skip
+    settings.update(overrides)
+    return PPOConfig(**settings)
+
+
+def toy_trainer(tmp_path: Path, **overrides) -> PPOTrainer:
+    return PPOTrainer(toy_config(tmp_path, **overrides), tiny_policy(), UpperCodeZeroReward(), toy_segments())
+
+
+# ----------------------------------------------------------------------------------------------
+# Formulas against hand-computed values
+# ----------------------------------------------------------------------------------------------
+def test_returns_and_advantages_match_hand_computed_values():
+    rewards = torch.tensor([[0.0, 0.0, 1.0]])
+    values = torch.tensor([[0.5, 0.2, 0.1]])
+    advantages, returns = ppo.return_advantages(rewards, values, gamma=1.0)
+    torch.testing.assert_close(returns, torch.tensor([[1.0, 1.0, 1.0]]))
+    torch.testing.assert_close(advantages, torch.tensor([[0.5, 0.8, 0.9]]))
+    torch.testing.assert_close(ppo.discounted_returns(rewards, 0.9), torch.tensor([[0.81, 0.9, 1.0]]))
+
+    # GAE: deltas = (0 + 0.2 - 0.5, 0 + 0.1 - 0.2, 1 + 0 - 0.1) = (-0.3, -0.1, 0.9)
+    advantages, targets = ppo.gae_advantages(rewards, values, gamma=1.0, gae_lambda=0.95)
+    expected = torch.tensor([[-0.3 + 0.95 * (-0.1 + 0.95 * 0.9), -0.1 + 0.95 * 0.9, 0.9]])
+    torch.testing.assert_close(advantages, expected)
+    torch.testing.assert_close(targets, expected + values)
+    # lambda = 1 telescopes to the paper's return-minus-value form
+    torch.testing.assert_close(ppo.gae_advantages(rewards, values, 1.0, 1.0)[0], ppo.return_advantages(rewards, values, 1.0)[0])
+
+    whitened = ppo.whiten(torch.tensor([1.0, 2.0, 3.0]), torch.tensor(2.0), torch.tensor(1.0))
+    torch.testing.assert_close(whitened, torch.tensor([-1.0, 0.0, 1.0]))
+
+
+def test_kl_penalty_clipped_loss_and_value_statistics_match_hand_computed_values():
+    rewards, kl = ppo.kl_penalized_rewards(
+        torch.tensor([[0.0, 0.0, 3.0]]), torch.tensor([[-1.0, -2.0, -3.0]]), torch.tensor([[-1.5, -2.0, -2.0]]), kl_beta=0.1
+    )
+    torch.testing.assert_close(kl, torch.tensor([[0.5, 0.0, -1.0]]))
+    torch.testing.assert_close(rewards, torch.tensor([[-0.05, 0.0, 3.1]]))
+
+    ratios = torch.tensor([1.5, 0.5, 1.1])
+    advantages = torch.tensor([1.0, -1.0, 2.0])
+    loss, clip_fraction, approx_kl = ppo.clipped_surrogate_loss(ratios.log(), torch.zeros(3), advantages, clip_ratio=0.2)
+    # per element max(-A r, -A clip(r)): max(-1.5, -1.2) = -1.2; max(0.5, 0.8) = 0.8; max(-2.2, -2.2) = -2.2
+    assert float(loss) == pytest.approx((-1.2 + 0.8 - 2.2) / 3, abs=1e-6)
+    assert float(clip_fraction) == pytest.approx(2 / 3)
+    assert float(approx_kl) == pytest.approx(float(np.mean([r - 1 - math.log(r) for r in (1.5, 0.5, 1.1)])), abs=1e-6)
+
+    assert float(ppo.value_loss(torch.tensor([1.0, 2.0]), torch.tensor([2.0, 4.0]))) == pytest.approx(0.5 * (1 + 4) / 2)
+    returns = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    assert ppo.explained_variance(returns, returns) == pytest.approx(1.0)
+    assert ppo.explained_variance(torch.full((4,), 2.5), returns) == pytest.approx(0.0)
+
+    controller = ppo.KLController(0.1, target=1.0, horizon=1000)
+    controller.update(kl=2.0, num_episodes=100)  # error clipped to +0.2 -> beta * (1 + 0.2 * 0.1)
+    assert controller.value == pytest.approx(0.1 * 1.02)
+    fixed = ppo.KLController(0.1)
+    fixed.update(kl=5.0, num_episodes=100)
+    assert fixed.value == 0.1
+
+
+def test_action_log_probs_use_the_sampling_distribution_of_both_halves():
+    generator = torch.Generator().manual_seed(0)
+    upper_logits, lower_logits = torch.randn(2, 3, 6, generator=generator), torch.randn(2, 3, 6, generator=generator)
+    upper, lower = torch.randint(0, 6, (2, 3), generator=generator), torch.randint(0, 6, (2, 3), generator=generator)
+    log_probs, entropy = ppo.action_log_probs(upper_logits, lower_logits, upper, lower, temperature=0.7)
+    up, low = (upper_logits / 0.7).log_softmax(-1), (lower_logits / 0.7).log_softmax(-1)
+    torch.testing.assert_close(log_probs, up.gather(-1, upper[..., None])[..., 0] + low.gather(-1, lower[..., None])[..., 0])
+    torch.testing.assert_close(entropy, -(up.exp() * up).sum(-1) - (low.exp() * low).sum(-1))
+    # top-k: codes outside the k best get probability 0; the kept ones renormalise
+    kept = ppo.sampling_logits(upper_logits, 1.0, top_k=2).softmax(-1)
+    assert torch.equal((kept > 0).sum(-1), torch.full((2, 3), 2))
+
+
+def test_reward_normalization_and_learned_reward_are_sparse():
+    normalization = RewardNormalization.fit(torch.tensor([1.0, 3.0]))
+    assert (normalization.shift, normalization.scale) == pytest.approx((2.0, math.sqrt(2.0)))
+    dense = normalization(torch.tensor([[1.0, 1.0, 1.0]]))
+    assert float(dense.sum()) == pytest.approx((3.0 - 2.0) / math.sqrt(2.0))
+
+    torch.manual_seed(0)
+    reward_model = E3D2RewardModel(RewardModelConfig(codebook_size=CODEBOOK, music_dim=TOY_MUSIC_DIM, hidden_size=16, num_attention_heads=2))
+    episodes = toy_segments().batch(np.arange(3))
+    rewards = LearnedReward(reward_model)(episodes)
+    expected = reward_model.eval().score_trajectory(episodes.music_features[:, 1:], episodes.upper_codes[:, 1:], episodes.lower_codes[:, 1:])
+    assert rewards.shape == (3, 29)
+    assert torch.count_nonzero(rewards[:, :-1]) == 0
+    torch.testing.assert_close(rewards[:, -1], expected.returns)
+
+
+def test_beat_reward_counts_windows_where_music_and_motion_beats_meet():
+    torch.manual_seed(0)
+    vqvae = E3D2VQVAE(VQVAEConfig(channels=8, codebook_dim=8, residual_depth=1, codebook_size=CODEBOOK)).eval()
+    episodes = toy_segments().batch(np.arange(4))
+    episodes.music_beats[:, ::16] = 1.0  # a music beat in every other 8-frame window
+    rewards = BeatAlignmentReward(vqvae, beat_reward=5.0, orientation_weight=0.0)(episodes)
+    joints = vqvae.decode(episodes.upper_codes, episodes.lower_codes).numpy()
+    from e3d2_hf.metrics import kinematic_beats
+
+    for dance, beats, reward in zip(joints, episodes.music_beats.numpy(), rewards.numpy()):
+        motion = np.zeros(len(dance), bool)
+        motion[kinematic_beats(dance)] = True
+        both = motion.reshape(-1, 8).any(-1) & (beats.reshape(-1, 8) > 0).any(-1)
+        np.testing.assert_array_equal(reward, np.where(both, 5.0, -5.0)[1:])
+    with_orientation = BeatAlignmentReward(vqvae, beat_reward=5.0, orientation_weight=2.0)(episodes)
+    assert ((with_orientation - rewards).abs() <= 2.0 + 1e-5).all() and not torch.equal(with_orientation, rewards)
+
+
+# ----------------------------------------------------------------------------------------------
+# PPO on the toy reward
+# ----------------------------------------------------------------------------------------------
+def test_ppo_raises_a_known_reward_with_bounded_kl(tmp_path):
+    summary = toy_trainer(tmp_path, max_steps=24).train()
+    curve = [point["task_return"] for point in summary["training_curve"]]
+    assert curve[0] < 0.15  # about 1/16 of the upper codes are 0 under the random policy
+    assert np.mean(curve[-3:]) > curve[0] + 0.2, curve
+    assert 0.0 < summary["kl_final"] < 5.0
+    assert summary["steps"] == 24 and summary["samples_per_second"] > 0
+    log = [json.loads(line) for line in (tmp_path / "ppo" / "log.jsonl").read_text().splitlines()]
+    for key in ("task_return", "kl", "entropy", "clip_fraction", "approx_kl", "explained_variance", "policy_loss", "value_loss", "samples_per_second"):
+        assert all(math.isfinite(entry[key]) for entry in log), key
+
+
+def test_resume_after_a_kill_reaches_the_same_weights(tmp_path, monkeypatch):
+    # every piece of state a resume must restore: adaptive beta, the reward normalisation, optimizer moments
+    options = dict(save_steps=2, kl_target=0.01, reward_normalization=True, normalization_segments=32, advantage_estimator="gae")
+    straight = toy_trainer(tmp_path / "straight", **options)
+    straight.train()
+    expected = load_file(str(tmp_path / "straight" / "ppo" / "checkpoints" / "checkpoint-000004" / "model.safetensors"))
+
+    save = PPOTrainer.save_checkpoint
+
+    def save_then_die(self):
+        folder = save(self)
+        if self.state.step == 2:
+            raise KeyboardInterrupt("killed after the step-2 checkpoint")
+        return folder
+
+    monkeypatch.setattr(PPOTrainer, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        toy_trainer(tmp_path / "killed", **options).train()
+    monkeypatch.setattr(PPOTrainer, "save_checkpoint", save)
+    with pytest.raises(E3D2Error, match="--resume"):
+        toy_trainer(tmp_path / "killed", **options).train()
+    resumed = toy_trainer(tmp_path / "killed", **options, resume=True)
+    resumed.train()
+    assert resumed.kl_controller.value == straight.kl_controller.value != 5e-3
+    assert resumed.normalization == straight.normalization and straight.normalization.scale != 1.0
+    weights = load_file(str(tmp_path / "killed" / "ppo" / "checkpoints" / "checkpoint-000004" / "model.safetensors"))
+    assert weights.keys() == expected.keys()
+    for name, tensor in expected.items():
+        assert torch.equal(weights[name], tensor), name
+    steps = [json.loads(line)["step"] for line in (tmp_path / "killed" / "ppo" / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_non_finite_reward_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_path):
+    class BreaksAtStepThree(UpperCodeZeroReward):
+        calls = 0
+
+        def __call__(self, episodes):
+            self.calls += 1
+            rewards = super().__call__(episodes)
+            return rewards * float("nan") if self.calls == 3 else rewards
+
+    trainer = PPOTrainer(toy_config(tmp_path, save_steps=1), tiny_policy(), BreaksAtStepThree(), toy_segments())
+    with pytest.raises(E3D2Error, match="non-finite task reward.*checkpoint-000002"):
+        trainer.train()
+    assert (tmp_path / "ppo" / "checkpoints" / "checkpoint-000002" / "model.safetensors").is_file()
+
+    torch.manual_seed(0)
+    broken = E3D2RewardModel(RewardModelConfig(codebook_size=CODEBOOK, music_dim=TOY_MUSIC_DIM, hidden_size=16, num_attention_heads=2))
+    torch.nn.init.constant_(broken.reward_head.bias, float("nan"))
+    trainer = PPOTrainer(toy_config(tmp_path / "nan_model"), tiny_policy(), LearnedReward(broken), toy_segments())
+    with pytest.raises(E3D2Error, match="reward model: non-finite rewards.*no checkpoint was written"):
+        trainer.train()
+
+    trainer = toy_trainer(tmp_path / "nan_loss")
+    before = {name: value.clone() for name, value in trainer.policy.state_dict().items()}
+    nan_loss = torch.tensor(float("nan"), requires_grad=True)
+    trainer.compute_loss = lambda minibatch: (nan_loss, {"policy_loss": nan_loss.detach(), "value_loss": torch.tensor(0.0)})
+    with pytest.raises(E3D2Error, match="non-finite loss"):
+        trainer.train()
+    assert all(torch.equal(value, trainer.policy.state_dict()[name]) for name, value in before.items())
+
+
+# ----------------------------------------------------------------------------------------------
+# Two gloo ranks vs one process
+# ----------------------------------------------------------------------------------------------
+def global_minibatch(size: int = 8) -> dict[str, torch.Tensor]:
+    """A fixed minibatch of scored toy episodes (the same on every process)."""
+    generator = torch.Generator().manual_seed(123)
+    episodes = toy_segments().batch(np.arange(size))
+    steps = episodes.upper_codes.shape[1] - 1
+    return {
+        "upper_codes": torch.randint(0, CODEBOOK, episodes.upper_codes.shape, generator=generator),
+        "lower_codes": torch.randint(0, CODEBOOK, episodes.lower_codes.shape, generator=generator),
+        "music_features": episodes.music_features,
+        "log_probs": -3.0 + 0.3 * torch.randn(size, steps, generator=generator),
+        "advantages": torch.randn(size, steps, generator=generator),
+        "returns": torch.randn(size, steps, generator=generator),
+    }
+
+
+def minibatch_gradients(trainer: PPOTrainer, minibatch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    trainer.backward_minibatch(minibatch)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    return {name: parameter.grad.detach().clone() for name, parameter in model.named_parameters()}
+
+
+DDP_WORKER = """
+import sys, torch
+sys.path.insert(0, {tests!r})
+torch.set_num_threads(1)
+from pathlib import Path
+from test_ppo import global_minibatch, minibatch_gradients, toy_trainer
+out = Path(sys.argv[1])
+trainer = toy_trainer(out / "run", train_batch_size=8, gradient_accumulation_steps=2)
+rank, world = trainer.accelerator.process_index, trainer.accelerator.num_processes
+batch = global_minibatch()
+share = len(batch["upper_codes"]) // world
+local = {{key: value[rank * share:(rank + 1) * share] for key, value in batch.items()}}
+gradients = minibatch_gradients(trainer, local)
+if rank == 0:
+    torch.save({{"world": world, "type": str(trainer.accelerator.distributed_type), "gradients": gradients}}, out / "ddp.pt")
+trainer.accelerator.wait_for_everyone()
+trainer.accelerator.end_training()  # leave the gloo group before exiting
+"""
+
+
+def test_two_gloo_ranks_compute_the_gradient_of_the_global_minibatch(tmp_path):
+    worker = tmp_path / "worker.py"
+    worker.write_text(textwrap.dedent(DDP_WORKER.format(tests=str(ROOT / "tests"))))
+    with socket.socket() as probe:  # a free port: other runs on this machine may hold accelerate's default 29500
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(port)}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", env["MASTER_PORT"], str(worker), str(tmp_path)]  # fmt: skip
+    result = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
+    assert ddp["world"] == 2 and "MULTI_CPU" in ddp["type"]
+
+    single = minibatch_gradients(toy_trainer(tmp_path / "single", train_batch_size=8), global_minibatch())
+    assert single.keys() == ddp["gradients"].keys()
+    for name, gradient in single.items():
+        torch.testing.assert_close(ddp["gradients"][name], gradient, atol=1e-5, rtol=1e-4, msg=name)
+
+
+# ----------------------------------------------------------------------------------------------
+# End to end on a tiny run folder
+# ----------------------------------------------------------------------------------------------
+def dance_like_joints(frames: int, seed: int) -> np.ndarray:
+    """A smooth random dance: sinusoidal joint rotations through SMPL FK, a wandering root."""
+    rng = np.random.default_rng(seed)
+    seconds = np.arange(frames)[:, None, None] / 60.0
+    poses = rng.uniform(0.05, 0.35, (24, 3)) * np.sin(2 * np.pi * rng.uniform(0.5, 2.5, (24, 3)) * seconds + rng.uniform(0, 6, (24, 3)))
+    root = np.cumsum(rng.normal(0.0, 0.003, (frames, 3)) * [1.0, 0.0, 1.0], axis=0) + [0.0, 0.9, 0.0]
+    return forward_kinematics(poses, root).astype(np.float32)
+
+
+def write_prepared(data_dir: Path, frames: int = 320) -> None:
+    """A prepared DatasetDict in the contract's layout: 4 train, 2 val, 2 test sequences."""
+    features = datasets.Features(
+        {
+            "name": datasets.Value("string"),
+            "music_id": datasets.Value("string"),
+            "genre": datasets.Value("string"),
+            "joints": datasets.Array3D(shape=(None, 24, 3), dtype="float32"),
+            "music_features": datasets.Array2D(shape=(None, 438), dtype="float32"),
+            "music_features_7p5": datasets.Array2D(shape=(None, 438), dtype="float32"),
+        }
+    )
+    splits, index = {}, 0
+    for split, count in (("train", 4), ("val", 2), ("test", 2)):
+        rows = []
+        for _ in range(count):
+            rng = np.random.default_rng(index)
+            music = rng.standard_normal((frames, 438)).astype(np.float32)
+            music[:, BEAT_COLUMN] = 0.0
+            music[rng.integers(0, 30) :: 30, BEAT_COLUMN] = 1.0
+            rows.append(
+                {
+                    "name": f"gBR_sBM_cAll_d04_mBR{index}_ch01",
+                    "music_id": f"mBR{index}",
+                    "genre": "gBR",
+                    "joints": dance_like_joints(frames, seed=index),
+                    "music_features": music,
+                    "music_features_7p5": music[::8],
+                }
+            )
+            index += 1
+        splits[split] = datasets.Dataset.from_list(rows, features=features)
+    datasets.DatasetDict(splits).save_to_disk(str(data_dir))
+    (data_dir / "manifest.json").write_text(json.dumps({"source": {"kind": "test"}}))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """RUN/data, RUN/bc (tiny policy + tiny VQ-VAE) and RUN/reward (tiny reward model), built here."""
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    write_prepared(run_dir / "data")
+    torch.manual_seed(0)
+    vqvae = E3D2VQVAE(VQVAEConfig(channels=8, codebook_dim=8, residual_depth=1, codebook_size=CODEBOOK))
+    windows = torch.from_numpy(np.stack([dance_like_joints(64, seed) for seed in range(8)]))
+    vqvae.train()(windows)  # the codebook starts at encoder outputs of a first batch
+    policy = tiny_policy(music_dim=438)
+    policy.attach_vqvae(vqvae.eval())
+    policy.save_pretrained(run_dir / "bc")
+    reward_model = E3D2RewardModel(RewardModelConfig(codebook_size=CODEBOOK, hidden_size=32, num_attention_heads=4))
+    reward_model.save_pretrained(run_dir / "reward")
+    return run_dir
+
+
+def write_recipe(run_dir: Path, **ppo_overrides) -> Path:
+    section = dict(
+        max_steps=2, rollout_segments=16, train_batch_size=8, value_num_layers=1, eval_steps=1, eval_seconds=3.0,
+        save_steps=1, per_device_rollout_batch_size=16,
+    )  # fmt: skip
+    section.update(ppo_overrides)
+    recipe = run_dir.parent / f"{run_dir.name}-{len(list(run_dir.parent.glob('*.yaml')))}.yaml"
+    lines = [f"run_name: {run_dir.name}", f"runs_dir: {run_dir.parent}", "seed: 0", "ppo:"]
+    lines += [f"  {key}: {json.dumps(value)}" for key, value in section.items()]
+    recipe.write_text("\n".join(lines) + "\n")
+    return recipe
+
+
+def test_end_to_end_on_a_tiny_run_folder(tiny_run, monkeypatch, tmp_path):
+    monkeypatch.setenv("E3D2_CACHE", str(tmp_path / "cache"))
+    assert run_stage("ppo", PPOConfig, train_ppo, [str(write_recipe(tiny_run))]) == 0
+    out = tiny_run / "ppo"
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("learned_return_bc", "learned_return_final", "kl_final", "steps", "samples_per_second"):
+        assert isinstance(summary[key], float | int) and math.isfinite(summary[key]), key
+    assert summary["steps"] == 2 and summary["held_out_pieces"] == 4
+    for key in ("metrics_bc", "metrics_final"):
+        assert set(summary[key]) >= {"FID_k", "FID_g", "Div_k", "Div_g", "BAS"}, key
+    assert [evaluation["step"] for evaluation in summary["evaluations"]] == [1, 2]
+    assert sorted(path.name for path in (out / "checkpoints").iterdir()) == ["checkpoint-000001", "checkpoint-000002"]
+    assert (tiny_run / "pose_codes" / "fingerprint.json").is_file()  # the run's shared pose-code cache
+    assert any((out / "tensorboard").rglob("events.out.tfevents*"))
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in log if "eval" not in entry] == [1, 2] and "learned_return" in log[1]
+
+    policy = AutoModelForCausalLM.from_pretrained(out / "policy")
+    assert isinstance(policy, E3D2PolicyModel) and policy.load_vqvae().config.codebook_size == CODEBOOK
+    card = (out / "policy" / "README.md").read_text()
+    assert "learned return" in card and "kl_beta" in card
+
+    # the hand-designed reward (paper Table 2) runs from the same folder, as a recipe override
+    # and publishing offline is reported, not raised
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    recipe = write_recipe(tiny_run, max_steps=1, eval_metrics=False, push_to_hub=True)
+    assert run_stage("ppo", PPOConfig, train_ppo, [str(recipe), "--reward", "beat", "--overwrite_output_dir", "true"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["reward"] == "beat" and summary["steps"] == 1 and summary["learned_return_final"] is not None
+    assert summary["pushed_to_hub"] is False and (out / "policy" / "model.safetensors").is_file()
+
+
+def test_bad_input_is_refused_by_name(tiny_run, tmp_path):
+    with pytest.raises(E3D2Error, match="behaviour-cloning policy"):
+        train_ppo(PPOConfig(run_dir=str(tmp_path), report_to="none"))
+    with pytest.raises(E3D2Error, match="no reward model"):
+        train_ppo(PPOConfig(run_dir=str(tiny_run), reward_model_path=str(tmp_path / "none"), report_to="none"))
+    wide = E3D2RewardModel(RewardModelConfig(codebook_size=2 * CODEBOOK, hidden_size=16, num_attention_heads=2))
+    with pytest.raises(E3D2Error, match="codes per body half"):
+        LearnedReward(wide).check_policy(tiny_policy(music_dim=438).config)
+    recipe = tmp_path / "typo.yaml"
+    recipe.write_text("run_name: typo\nppo:\n  kl_betta: 0.1\n")
+    with pytest.raises(E3D2Error, match="kl_betta"):
+        parse_recipe(PPOConfig, "ppo", [str(recipe)])
+    with pytest.raises(E3D2Error, match="advantage_estimator"):
+        PPOConfig(advantage_estimator="td")
+
+
+@pytest.mark.parametrize("name", ["tiny.yaml", "e3d2.yaml"])
+def test_shipped_recipes_parse_into_the_ppo_config(name):
+    config = parse_recipe(PPOConfig, "ppo", [str(ROOT / "recipes" / name)])
+    assert config.output_dir.endswith("ppo") and config.reward == "learned"
