@@ -1,9 +1,9 @@
-"""Dance to any music: a trained policy (local folder or Hub id) + an audio file -> joints, npz, BVH, video.
+"""Dance to any music: a trained policy (local folder or Hub id) + an audio file -> 60 fps joints.
 
     e3d2 dance --model runs/tiny/ppo/policy --music song.mp3 --out dances/
     >>> from e3d2_hf import dance
     >>> result = dance("runs/tiny/bc", "song.mp3", seconds=20)
-    >>> result.save_npz("song.npz"); result.save_bvh("song.bvh"); result.render("song.mp4")
+    >>> result.save_npz("song.npz")
 
 The policy sees the music at 7.5 fps (one pose-code step per 8 motion frames) and its VQ-VAE turns
 the codes back into 60 fps joints. The first pose is not the policy's choice (the MDP's initial
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from e3d2_hf.utils import E3D2Error
+from e3d2_hf.utils import E3D2Error, atomic_file
 
 MOTION_FPS = 60.0
 MUSIC_FPS = 7.5
@@ -40,20 +40,11 @@ class Dance:
     settings: dict[str, Any] = field(default_factory=dict)
 
     def save_npz(self, path: str | os.PathLike) -> Path:
-        from e3d2_hf.render.export import save_npz
-
-        return save_npz(path, self.joints, fps=self.fps, music_path=str(self.music_path), model_id=self.model_id, seed=self.seed, **self.settings)
-
-    def save_bvh(self, path: str | os.PathLike) -> Path:
-        from e3d2_hf.render.export import save_bvh
-
-        return save_bvh(path, self.joints, fps=self.fps)
-
-    def render(self, path: str | os.PathLike, *, with_music: bool = True, title: str | None = None) -> Path:
-        from e3d2_hf.render.video import render_video
-
-        titles = [title] if title else None
-        return render_video([self.joints], path, music_path=str(self.music_path) if with_music else None, fps=self.fps, titles=titles)
+        """`joints` (T, 24, 3) float32 at 60 fps, plus fps, music file, model id, seed and sampling settings."""
+        path = Path(path)
+        with atomic_file(path) as handle:
+            np.savez(handle, joints=self.joints.astype(np.float32), fps=np.float32(self.fps), music=str(self.music_path), model_id=self.model_id, seed=np.int64(self.seed), **self.settings)
+        return path
 
 
 def resolve_model(model: str | os.PathLike) -> Path:
@@ -182,7 +173,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-k", type=int, default=None)
     parser.add_argument("--start-pose", default=None, help=".npy/.npz joints (24,3) or (>=8,24,3) for the first pose (default: standing)")
-    parser.add_argument("--format", choices=("mp4", "gif", "none"), default="mp4", help="video format, or none for npz + BVH only")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -201,12 +191,7 @@ def run(args: argparse.Namespace) -> int:
     written = []
     for index, result in enumerate(dances):
         name = stem if len(dances) == 1 else f"{stem}_{index}"
-        written += [result.save_npz(out / f"{name}.npz"), result.save_bvh(out / f"{name}.bvh")]
-    if args.format != "none":
-        from e3d2_hf.render.video import render_video
-
-        titles = [f"seed {args.seed} #{index}" for index in range(len(dances))] if len(dances) > 1 else None
-        written.append(render_video([d.joints for d in dances], out / f"{stem}.{args.format}", music_path=args.music, fps=MOTION_FPS, titles=titles))
+        written.append(result.save_npz(out / f"{name}.npz"))
     seconds = dances[0].joints.shape[0] / MOTION_FPS
     print(f"{len(dances)} dance(s) of {seconds:.1f} s for {args.music}:")
     for path in written:

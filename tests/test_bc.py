@@ -146,7 +146,7 @@ def test_pose_codes_align_step_i_with_frames_8i_and_music_row_i(tiny_run, monkey
     prepared = datasets.load_from_disk(str(tiny_run / "data"))
     assert set(codes) == {"train", "val", "test"}
     for split, lengths in SPLIT_FRAMES.items():
-        assert codes[split]["name"] == prepared[split]["name"] and codes[split]["music_id"] == prepared[split]["music_id"]
+        assert list(codes[split]["name"]) == list(prepared[split]["name"]) and list(codes[split]["music_id"]) == list(prepared[split]["music_id"])
         for index, frames in enumerate(lengths):
             row, source = codes[split].with_format("numpy")[index], prepared[split].with_format("numpy")[index]
             steps = frames // 8  # 104 frames -> 13 steps; 7.5 fps music has 13 rows, cut to 13
@@ -164,7 +164,7 @@ def test_pose_codes_align_step_i_with_frames_8i_and_music_row_i(tiny_run, monkey
     with monkeypatch.context() as patch:
         patch.setattr(pose_codes, "encode_pose_codes", no_encoding)
         again = pose_codes.load_or_encode_codes(tiny_run, vqvae, progress=False)
-    assert again["train"]["upper_codes"] == codes["train"]["upper_codes"]
+    assert list(again["train"]["upper_codes"]) == list(codes["train"]["upper_codes"])
     other = tiny_vqvae(seed=1)
     recoded = pose_codes.load_or_encode_codes(tiny_run, other, cache_path=tiny_run / "other_codes", progress=False)
     first = torch.from_numpy(np.asarray(prepared["train"].with_format("numpy")[0]["joints"][:200]))[None]
@@ -237,7 +237,8 @@ def test_bc_script_end_to_end_writes_a_policy_that_dances(tmp_path, monkeypatch)
         assert 0.0 <= values["complete"] <= min(values["upper"], values["lower"]) <= max(values["upper"], values["lower"]) <= values["partial"] <= 1.0
     # every step after a sequence's first is predicted once, up to the tails: 25 + 22 + 20 steps, windows of 11 targets
     assert diagnostics["seen"]["predictions"] == 11 * (2 + 1 + 1) and diagnostics["unseen"]["predictions"] == 11 * (1 + 1)
-    assert diagnostics["seen"]["complete"] > 1.5 / CODEBOOK**2, "training on the seen windows beats chance"
+    # chance is 1/256; a smooth dance often repeats its code, which a trained policy learns to copy
+    assert diagnostics["seen"]["complete"] > 0.3, "training on the seen windows learnt them"
     card = (final / "README.md").read_text()
     assert "complete pose" in card and "| learning_rate | 0.003 |" in card
 

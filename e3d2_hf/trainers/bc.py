@@ -312,7 +312,6 @@ def model_card(config: BCTrainingConfig, diagnostics: dict[str, Any], counts: di
     lines = [
         "---",
         "library_name: transformers",
-        "pipeline_tag: text-generation",
         "tags: [e3d2, bailando, dance-generation, behaviour-cloning, music-to-dance]",
         "---",
         "# E3D2 behaviour-cloning policy (Bailando's cross-conditional GPT)",
