@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import Trainer, TrainingArguments, set_seed
+from transformers import TrainingArguments, set_seed
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType, get_last_checkpoint
 
 from e3d2_hf.data.build import load_prepared
@@ -53,6 +53,7 @@ from e3d2_hf.data.windows import SequenceWindows
 from e3d2_hf.models.configuration_policy import PolicyConfig
 from e3d2_hf.models.modeling_policy import E3D2PolicyModel, dance_to_inputs
 from e3d2_hf.models.modeling_vqvae import E3D2VQVAE
+from e3d2_hf.trainers.step_decay import StepDecayTrainer
 from e3d2_hf.utils import E3D2Error, atomic_directory, atomic_file
 
 logger = logging.getLogger(__name__)
@@ -178,45 +179,13 @@ def collate_code_windows(features: list[dict[str, np.ndarray]]) -> dict[str, tor
     return dance_to_inputs(upper, lower, music)
 
 
-class BCTrainer(Trainer):
-    """`Trainer` whose loss is the policy's CE(upper) + CE(lower), with a step learning-rate decay.
-
-    `lr_decay_epochs` multiply the scheduler's learning rate by `lr_decay_factor` at those epochs
-    (Bailando's MultiStepLR). A non-finite loss raises `E3D2Error` before the optimiser step, so the
-    checkpoints written so far stay the last good ones.
-    """
-
-    def __init__(self, *args: Any, lr_decay_epochs: list[int], lr_decay_factor: float, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.lr_decay_epochs = sorted(lr_decay_epochs)
-        self.lr_decay_factor = lr_decay_factor
-        self.update_steps_per_epoch = 1
-
-    def set_initial_training_values(self, args, dataloader):
-        values = super().set_initial_training_values(args, dataloader)
-        self.update_steps_per_epoch = max(1, int(values[1]))  # num_update_steps_per_epoch
-        return values
-
-    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
-        if self.lr_scheduler is None and self.lr_decay_epochs:
-            milestones = [epoch * self.update_steps_per_epoch for epoch in self.lr_decay_epochs]
-            factor = self.lr_decay_factor
-
-            def step_decay(step: int) -> float:
-                return factor ** sum(step >= milestone for milestone in milestones)
-
-            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, step_decay)
-            self._created_lr_scheduler = True
-        return super().create_scheduler(num_training_steps, optimizer)
+class BCTrainer(StepDecayTrainer):
+    """`Trainer` whose loss is the policy's CE(upper) + CE(lower), with a step learning-rate decay."""
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**inputs)
         loss = outputs.loss
-        if not torch.isfinite(loss.detach()).all():
-            raise E3D2Error(
-                f"bc: non-finite loss at step {self.state.global_step} (epoch {self.state.epoch or 0:.2f}); "
-                f"the checkpoints in {self.args.output_dir} are kept: lower the learning rate and run again to resume"
-            )
+        self.check_finite(loss, "bc: non-finite loss")
         return (loss, outputs) if return_outputs else loss
 
 

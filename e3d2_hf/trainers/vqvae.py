@@ -35,13 +35,14 @@ from typing import Any
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import Trainer, TrainingArguments, set_seed
+from transformers import TrainingArguments, set_seed
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType, get_last_checkpoint
 
 from e3d2_hf.data.windows import SequenceWindows, split_columns
 from e3d2_hf.models.configuration_vqvae import VQVAEConfig
 from e3d2_hf.models.modeling_vqvae import E3D2VQVAE
 from e3d2_hf.skeleton import NUM_JOINTS
+from e3d2_hf.trainers.step_decay import StepDecayTrainer
 from e3d2_hf.utils import E3D2Error, atomic_directory, atomic_file
 
 logger = logging.getLogger(__name__)
@@ -169,47 +170,17 @@ CARD_KEYS = (
 )
 
 
-class VQVAETrainer(Trainer):
-    """`Trainer` for one phase: its loss is the model's (pose or root velocity), its schedule a step decay.
+class VQVAETrainer(StepDecayTrainer):
+    """`Trainer` for one phase: its loss is the model's (pose or root velocity), its schedule a step decay."""
 
-    `lr_decay_epochs` multiply the scheduler's learning rate by `lr_decay_factor` at those epochs
-    (Bailando's MultiStepLR). A non-finite loss raises `E3D2Error` before the optimiser step, so the
-    checkpoints written so far stay the last good ones.
-    """
-
-    def __init__(self, *args: Any, root_velocity_only: bool, lr_decay_epochs: list[int], lr_decay_factor: float, **kwargs: Any):
+    def __init__(self, *args: Any, root_velocity_only: bool, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.root_velocity_only = root_velocity_only
-        self.lr_decay_epochs = sorted(lr_decay_epochs)
-        self.lr_decay_factor = lr_decay_factor
-        self.update_steps_per_epoch = 1
-
-    def set_initial_training_values(self, args, dataloader):
-        values = super().set_initial_training_values(args, dataloader)
-        self.update_steps_per_epoch = max(1, int(values[1]))  # num_update_steps_per_epoch
-        return values
-
-    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
-        if self.lr_scheduler is None and self.lr_decay_epochs:
-            milestones = [epoch * self.update_steps_per_epoch for epoch in self.lr_decay_epochs]
-            factor = self.lr_decay_factor
-
-            def step_decay(step: int) -> float:
-                return factor ** sum(step >= milestone for milestone in milestones)
-
-            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, step_decay)
-            self._created_lr_scheduler = True
-        return super().create_scheduler(num_training_steps, optimizer)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(joints=inputs["joints"], root_velocity_only=self.root_velocity_only)
         loss = outputs.loss
-        if not torch.isfinite(loss.detach()).all():
-            phase = "root-velocity" if self.root_velocity_only else "pose"
-            raise E3D2Error(
-                f"vqvae: non-finite {phase} loss at step {self.state.global_step} (epoch {self.state.epoch or 0:.2f}); "
-                f"the checkpoints in {self.args.output_dir} are kept: lower the learning rate and run again to resume"
-            )
+        self.check_finite(loss, f"vqvae: non-finite {'root-velocity' if self.root_velocity_only else 'pose'} loss")
         return (loss, outputs) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
