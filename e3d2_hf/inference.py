@@ -90,6 +90,27 @@ def standing_start_pose(frames: int = 8) -> np.ndarray:
     return np.repeat(pose[None], frames, axis=0)
 
 
+def ground_dance(joints: np.ndarray, fps: float = MOTION_FPS) -> np.ndarray:
+    """Remove the slow vertical drift of the integrated root velocity, keeping jumps.
+
+    The VQ-VAE integrates predicted root velocities, so over a long song the dancer can sink or
+    float. The floor is estimated as the one-second moving median of the lowest foot joint, smoothed
+    over a quarter second, and subtracted: feet on the floor stay near y = 0, flights shorter than
+    half a second stay flights.
+    """
+    from scipy.ndimage import median_filter, uniform_filter1d
+
+    from e3d2_hf.skeleton import SMPL_JOINT_NAMES
+
+    feet = [SMPL_JOINT_NAMES.index(name) for name in ("left_ankle", "right_ankle", "left_foot", "right_foot")]
+    window = max(1, int(round(fps)))
+    lowest = joints[:, feet, 1].min(axis=1)
+    floor = uniform_filter1d(median_filter(lowest, size=window, mode="nearest"), size=max(1, window // 4), mode="nearest")
+    grounded = joints.copy()
+    grounded[..., 1] -= floor[:, None]
+    return grounded
+
+
 def load_start_pose(path: str | os.PathLike | None, frames: int = 8) -> np.ndarray:
     if path is None:
         return standing_start_pose(frames)
@@ -153,6 +174,7 @@ def generate_dances(
     )
     if seconds is not None:
         joints = joints[:, : int(round(seconds * MOTION_FPS))]
+    joints = np.stack([ground_dance(single) for single in joints]).astype(np.float32)
     settings = {"temperature": temperature, "top_k": -1 if top_k is None else top_k, "greedy": greedy}
     return [Dance(joints=joints[index], music_path=music_path, model_id=model_id, seed=seed, settings=settings | {"dance_index": index}) for index in range(num_dances)]
 

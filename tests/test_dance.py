@@ -62,6 +62,20 @@ def test_api_is_seeded_and_cuts_to_seconds(policy_dir):
     assert len(batch) == 3 and not np.array_equal(batch[1].joints, batch[2].joints)
 
 
+def test_grounding_removes_drift_and_keeps_jumps():
+    from e3d2_hf.inference import ground_dance
+
+    frames = 600
+    dance_joints = np.repeat(standing_start_pose(1), frames, axis=0)
+    jump = np.zeros(frames)
+    jump[300:315] = 0.2 * np.sin(np.linspace(0, np.pi, 15))
+    drift = np.linspace(0, -3.0, frames)
+    grounded = ground_dance(dance_joints + (drift + jump)[:, None, None] * np.array([0, 1, 0]))
+    lowest = grounded[:, [7, 8, 10, 11], 1].min(axis=1)
+    assert np.abs(np.delete(lowest, range(285, 330))).max() < 0.04  # 3 m of drift gone to within 4 cm (ends included)
+    assert lowest[307] > 0.15
+
+
 def test_standing_start_pose_is_on_the_floor():
     pose = standing_start_pose(8)
     assert pose.shape == (8, 24, 3) and abs(pose[..., 1].min()) < 1e-6
