@@ -23,9 +23,10 @@ from e3d2_hf.models.configuration_policy import PolicyConfig
 from e3d2_hf.models.modeling_policy import E3D2PolicyModel, PolicyOutput, music_to_joints
 from e3d2_hf.models.modeling_vqvae import E3D2VQVAE
 from e3d2_hf.recipe import parse_recipe
-from e3d2_hf.skeleton import forward_kinematics
 from e3d2_hf.trainers import bc
 from e3d2_hf.utils import E3D2Error
+
+import conftest as shared
 
 ROOT = Path(__file__).resolve().parents[1]
 CODEBOOK = 16
@@ -63,62 +64,16 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def dance_like_joints(frames: int, seed: int) -> np.ndarray:
-    """A smooth random dance: sinusoidal joint rotations through SMPL FK, a wandering root."""
-    rng = np.random.default_rng(seed)
-    seconds = np.arange(frames)[:, None, None] / 60.0
-    poses = rng.uniform(0.05, 0.35, (24, 3)) * np.sin(2 * np.pi * rng.uniform(0.5, 2.5, (24, 3)) * seconds + rng.uniform(0, 6, (24, 3)))
-    root = np.cumsum(rng.normal(0.0, 0.003, (frames, 3)) * [1.0, 0.0, 1.0], axis=0) + [0.0, 0.9, 0.0]
-    return forward_kinematics(poses, root).astype(np.float32)
+def write_prepared(data_dir: Path, frames_per_split: dict[str, list[int]] = SPLIT_FRAMES, music_dim: int = MUSIC_DIM) -> None:
+    shared.write_prepared(data_dir, frames_per_split, music_dim)
 
 
 def prepared_dataset(frames_per_split: dict[str, list[int]] = SPLIT_FRAMES, music_dim: int = MUSIC_DIM) -> datasets.DatasetDict:
-    """A prepared DatasetDict in the contract's layout: dance-like joints, random music with a beat every 30 frames."""
-    features = datasets.Features(
-        {
-            "name": datasets.Value("string"),
-            "music_id": datasets.Value("string"),
-            "genre": datasets.Value("string"),
-            "joints": datasets.Array3D(shape=(None, 24, 3), dtype="float32"),
-            "music_features": datasets.Array2D(shape=(None, music_dim), dtype="float32"),
-            "music_features_7p5": datasets.Array2D(shape=(None, music_dim), dtype="float32"),
-        }
-    )
-    splits, index = {}, 0
-    for split, lengths in frames_per_split.items():
-        rows = []
-        for frames in lengths:
-            rng = np.random.default_rng(index)
-            music = rng.standard_normal((frames, music_dim)).astype(np.float32)
-            if music_dim > BEAT_COLUMN:
-                music[:, BEAT_COLUMN] = 0.0
-                music[index % 30 :: 30, BEAT_COLUMN] = 1.0
-            rows.append(
-                {
-                    "name": f"gBR_sBM_cAll_d04_mBR{index}_ch01",
-                    "music_id": f"mBR{index}",
-                    "genre": "gBR",
-                    "joints": dance_like_joints(frames, seed=index),
-                    "music_features": music,
-                    "music_features_7p5": music[::8],  # ceil(T / 8) rows
-                }
-            )
-            index += 1
-        splits[split] = datasets.Dataset.from_dict({key: [row[key] for row in rows] for key in features}, features=features)
-    return datasets.DatasetDict(splits)
-
-
-def write_prepared(data_dir: Path, frames_per_split: dict[str, list[int]] = SPLIT_FRAMES, music_dim: int = MUSIC_DIM) -> None:
-    prepared_dataset(frames_per_split, music_dim).save_to_disk(str(data_dir))
-    (data_dir / "manifest.json").write_text(json.dumps({"source": {"kind": "test"}}))
+    return shared.prepared_dataset(frames_per_split, music_dim)
 
 
 def tiny_vqvae(seed: int = 0, codebook_size: int = CODEBOOK) -> E3D2VQVAE:
-    """An untrained tiny VQ-VAE whose codebooks were initialised from encoder outputs (one training-mode pass)."""
-    torch.manual_seed(seed)
-    vqvae = E3D2VQVAE(VQVAEConfig(channels=8, codebook_dim=8, residual_depth=1, codebook_size=codebook_size))
-    vqvae.train()(torch.from_numpy(np.stack([dance_like_joints(64, 50 + index) for index in range(6)])))
-    return vqvae.eval()
+    return shared.tiny_vqvae(seed, codebook_size)
 
 
 def write_run(run_dir: Path, **prepared_kwargs) -> Path:

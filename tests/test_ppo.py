@@ -11,7 +11,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import datasets
 import huggingface_hub
 import numpy as np
 import pytest
@@ -20,7 +19,6 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 import e3d2_hf.models.modeling_policy  # noqa: F401  (registers the policy with the Auto classes)
-from e3d2_hf.data.music import BEAT_COLUMN
 from e3d2_hf.models.configuration_policy import PolicyConfig
 from e3d2_hf.models.configuration_reward import RewardModelConfig
 from e3d2_hf.models.configuration_vqvae import VQVAEConfig
@@ -28,12 +26,13 @@ from e3d2_hf.models.modeling_policy import E3D2PolicyModel
 from e3d2_hf.models.modeling_reward import E3D2RewardModel
 from e3d2_hf.models.modeling_vqvae import E3D2VQVAE
 from e3d2_hf.recipe import parse_recipe, run_stage
-from e3d2_hf.skeleton import forward_kinematics
 from e3d2_hf.trainers import ppo
 from e3d2_hf.trainers.environment import Episodes, MusicSegments
 from e3d2_hf.trainers.ppo import PPOConfig, PPOTrainer, train_ppo
 from e3d2_hf.trainers.rewards import BeatAlignmentReward, LearnedReward, RewardFunction, RewardNormalization
 from e3d2_hf.utils import E3D2Error
+
+from conftest import dance_like_joints, write_prepared
 
 ROOT = Path(__file__).resolve().parents[1]
 CODEBOOK = 16
@@ -340,56 +339,11 @@ def test_two_gloo_ranks_compute_the_gradient_of_the_global_minibatch(tmp_path):
 # ----------------------------------------------------------------------------------------------
 # End to end on a tiny run folder
 # ----------------------------------------------------------------------------------------------
-def dance_like_joints(frames: int, seed: int) -> np.ndarray:
-    """A smooth random dance: sinusoidal joint rotations through SMPL FK, a wandering root."""
-    rng = np.random.default_rng(seed)
-    seconds = np.arange(frames)[:, None, None] / 60.0
-    poses = rng.uniform(0.05, 0.35, (24, 3)) * np.sin(2 * np.pi * rng.uniform(0.5, 2.5, (24, 3)) * seconds + rng.uniform(0, 6, (24, 3)))
-    root = np.cumsum(rng.normal(0.0, 0.003, (frames, 3)) * [1.0, 0.0, 1.0], axis=0) + [0.0, 0.9, 0.0]
-    return forward_kinematics(poses, root).astype(np.float32)
-
-
-def write_prepared(data_dir: Path, frames: int = 320) -> None:
-    """A prepared DatasetDict in the contract's layout: 4 train, 2 val, 2 test sequences."""
-    features = datasets.Features(
-        {
-            "name": datasets.Value("string"),
-            "music_id": datasets.Value("string"),
-            "genre": datasets.Value("string"),
-            "joints": datasets.Array3D(shape=(None, 24, 3), dtype="float32"),
-            "music_features": datasets.Array2D(shape=(None, 438), dtype="float32"),
-            "music_features_7p5": datasets.Array2D(shape=(None, 438), dtype="float32"),
-        }
-    )
-    splits, index = {}, 0
-    for split, count in (("train", 4), ("val", 2), ("test", 2)):
-        rows = []
-        for _ in range(count):
-            rng = np.random.default_rng(index)
-            music = rng.standard_normal((frames, 438)).astype(np.float32)
-            music[:, BEAT_COLUMN] = 0.0
-            music[rng.integers(0, 30) :: 30, BEAT_COLUMN] = 1.0
-            rows.append(
-                {
-                    "name": f"gBR_sBM_cAll_d04_mBR{index}_ch01",
-                    "music_id": f"mBR{index}",
-                    "genre": "gBR",
-                    "joints": dance_like_joints(frames, seed=index),
-                    "music_features": music,
-                    "music_features_7p5": music[::8],
-                }
-            )
-            index += 1
-        splits[split] = datasets.Dataset.from_list(rows, features=features)
-    datasets.DatasetDict(splits).save_to_disk(str(data_dir))
-    (data_dir / "manifest.json").write_text(json.dumps({"source": {"kind": "test"}}))
-
-
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
     """RUN/data, RUN/bc (tiny policy + tiny VQ-VAE) and RUN/reward (tiny reward model), built here."""
     run_dir = tmp_path_factory.mktemp("runs") / "tiny"
-    write_prepared(run_dir / "data")
+    write_prepared(run_dir / "data", {"train": [320] * 4, "val": [320] * 2, "test": [320] * 2})
     torch.manual_seed(0)
     vqvae = E3D2VQVAE(VQVAEConfig(channels=8, codebook_dim=8, residual_depth=1, codebook_size=CODEBOOK))
     windows = torch.from_numpy(np.stack([dance_like_joints(64, seed) for seed in range(8)]))

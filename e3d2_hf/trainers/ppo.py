@@ -67,7 +67,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import random
 import shutil
 import time
@@ -86,6 +85,9 @@ from trl.trainer.utils import disable_dropout_in_model, entropy_from_logits, sel
 from e3d2_hf.data.codes import load_or_encode_codes
 from e3d2_hf.models.modeling_policy import E3D2PolicyModel
 from e3d2_hf.models.value import PolicyWithValueHead, ValueHead
+from e3d2_hf.trainers import distributed
+from e3d2_hf.trainers.distributed import seed_of
+from e3d2_hf.trainers.loading import load_policy, load_reward_model
 from e3d2_hf.trainers.environment import Episodes, HeldOutPieces, MusicSegments
 from e3d2_hf.trainers.rewards import (
     BAILANDO_BEAT_REWARD,
@@ -353,30 +355,11 @@ class KLController:
 # ==============================================================================================
 # Helpers: processes, the reference policy, RNG state
 # ==============================================================================================
-def _has_accelerator() -> bool:
-    accelerator = getattr(torch, "accelerator", None)
-    return accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
-
-
 def make_accelerator(config: PPOConfig) -> Accelerator:
-    """Accelerator for one CPU process, GPUs, or several CPU processes as real gloo ranks.
-
-    Without a GPU, Accelerate makes processes started by `torchrun` / `accelerate launch --multi_gpu`
-    ranks of one gloo group only when asked for CPU, so CPU is asked for whenever no GPU is visible.
-    """
-    accelerator = Accelerator(
-        cpu=config.use_cpu or not _has_accelerator(),
-        mixed_precision=config.mixed_precision,
-        log_with=None if config.report_to in ("none", "", None) else config.report_to,
-        project_dir=config.output_dir,
+    """The Accelerator of a PPO run (one CPU process, GPUs, or CPU ranks over gloo: `e3d2_hf.trainers.distributed`)."""
+    return distributed.make_accelerator(
+        "ppo", use_cpu=config.use_cpu, mixed_precision=config.mixed_precision, report_to=config.report_to, project_dir=config.output_dir
     )
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched != accelerator.num_processes:
-        raise E3D2Error(
-            f"ppo: {launched} processes were launched but Accelerate formed a group of {accelerator.num_processes}; "
-            "launch CPU ranks with `accelerate launch --multi_gpu --num_processes N` or `torchrun --nproc_per_node N`"
-        )
-    return accelerator
 
 
 def frozen_reference(policy: E3D2PolicyModel) -> E3D2PolicyModel:
@@ -409,11 +392,6 @@ def _restore_rng_states(states: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def _seed_of(*parts: int) -> int:
-    """A 63-bit seed derived from (seed, step, rank, ...): every step's randomness is a function of the step."""
-    return int(np.random.SeedSequence([int(part) % 2**63 for part in parts]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
 
 
 @dataclass
@@ -550,7 +528,7 @@ class PPOTrainer:
         rows: list[np.ndarray] = []
         remaining = self.rollout_segments
         while remaining:
-            order = np.random.default_rng(_seed_of(self.config.seed, epoch)).permutation(total)
+            order = np.random.default_rng(seed_of(self.config.seed, epoch)).permutation(total)
             taken = order[offset : offset + remaining]
             rows.append(taken)
             remaining -= len(taken)
@@ -592,7 +570,7 @@ class PPOTrainer:
         """Episodes of this step's buffer with their log-probs, values and task rewards (this process's share)."""
         rows = self.buffer_rows(step) if rows is None else rows
         device = self.accelerator.device
-        generator = torch.Generator(device=device).manual_seed(_seed_of(self.config.seed, step, self.accelerator.process_index))
+        generator = torch.Generator(device=device).manual_seed(seed_of(self.config.seed, step, self.accelerator.process_index))
         parts: dict[str, list[torch.Tensor]] = {}
         chunk = self.config.per_device_rollout_batch_size
         problem = None
@@ -702,7 +680,7 @@ class PPOTrainer:
         totals: dict[str, float] = {}
         updates = 0
         for epoch in range(self.config.num_ppo_epochs):
-            order = np.random.default_rng(_seed_of(self.config.seed, step, epoch, self.accelerator.process_index)).permutation(self.local_segments)
+            order = np.random.default_rng(seed_of(self.config.seed, step, epoch, self.accelerator.process_index)).permutation(self.local_segments)
             for first in range(0, self.local_segments, self.local_batch_size):
                 rows = torch.as_tensor(order[first : first + self.local_batch_size], device=self.accelerator.device)
                 stats = self.backward_minibatch({key: value[rows] for key, value in data.items()})
@@ -750,11 +728,11 @@ class PPOTrainer:
         """Shift and scale of the task return of BC rollouts on `normalization_segments` training segments."""
         count = min(self.config.normalization_segments, len(self.segments))
         count -= count % self.accelerator.num_processes
-        rows = np.random.default_rng(_seed_of(self.config.seed, 1, 2, 3)).permutation(len(self.segments))[:count]
+        rows = np.random.default_rng(seed_of(self.config.seed, 1, 2, 3)).permutation(len(self.segments))[:count]
         share = count // self.accelerator.num_processes
         rank = self.accelerator.process_index
         rows = rows[rank * share : (rank + 1) * share]
-        generator = torch.Generator(device=self.accelerator.device).manual_seed(_seed_of(self.config.seed, -1, rank))
+        generator = torch.Generator(device=self.accelerator.device).manual_seed(seed_of(self.config.seed, -1, rank))
         returns = []
         for first in range(0, len(rows), self.config.per_device_rollout_batch_size):
             episodes = self.segments.batch(rows[first : first + self.config.per_device_rollout_batch_size]).to(self.accelerator.device)
@@ -774,7 +752,7 @@ class PPOTrainer:
         if self.held_out is None or len(self.held_out) == 0 or not self.accelerator.is_main_process:
             return None
         pieces, policy, device = self.held_out, self.policy, self.accelerator.device
-        generator = torch.Generator(device=device).manual_seed(_seed_of(self.config.seed, -2))
+        generator = torch.Generator(device=device).manual_seed(seed_of(self.config.seed, -2))
         returns, kls, clips = [], [], {}
         for first in range(0, len(pieces), self.config.per_device_rollout_batch_size):
             rows = slice(first, first + self.config.per_device_rollout_batch_size)
@@ -1115,32 +1093,6 @@ def _tracker_config(config: PPOConfig) -> dict[str, Any]:
 # ==============================================================================================
 # From a run folder
 # ==============================================================================================
-def load_policy(path: str | Path) -> E3D2PolicyModel:
-    """The behaviour-cloning policy at `path` (a `save_pretrained` folder with its VQ-VAE)."""
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise E3D2Error(f"{path}: no behaviour-cloning policy here (config.json missing); train stage 1 (scripts/bc.py) first")
-    try:
-        return E3D2PolicyModel.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        raise E3D2Error(f"{path}: cannot load the behaviour-cloning policy ({type(exc).__name__}: {exc})") from exc
-
-
-def load_reward_model(path: str | Path, required: bool) -> Any | None:
-    """The reward model at `path`; None if absent and not `required`."""
-    from e3d2_hf.models.modeling_reward import E3D2RewardModel
-
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        if required:
-            raise E3D2Error(f"{path}: no reward model here (config.json missing); train stage 3 (scripts/reward.py) first, or use --reward beat")
-        return None
-    try:
-        return E3D2RewardModel.from_pretrained(path).eval()
-    except (OSError, ValueError) as exc:
-        raise E3D2Error(f"{path}: cannot load the reward model ({type(exc).__name__}: {exc})") from exc
-
-
 def train_ppo(config: PPOConfig) -> Path:
     """Stage 4 from a run folder: BC policy + reward + prepared data -> `config.output_dir` (RUN/ppo); returns it."""
     from e3d2_hf.data.build import load_prepared
@@ -1211,8 +1163,6 @@ __all__ = [
     "frozen_reference",
     "gae_advantages",
     "kl_penalized_rewards",
-    "load_policy",
-    "load_reward_model",
     "make_accelerator",
     "model_card",
     "return_advantages",

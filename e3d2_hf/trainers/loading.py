@@ -1,0 +1,38 @@
+"""Loading a stage's inputs from the run folder, with errors that name the folder and the stage that makes it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from e3d2_hf.models.modeling_policy import E3D2PolicyModel
+from e3d2_hf.utils import E3D2Error
+
+
+def load_policy(path: str | Path) -> E3D2PolicyModel:
+    """The behaviour-cloning policy at `path` (a `save_pretrained` folder with its VQ-VAE)."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise E3D2Error(f"{path}: no behaviour-cloning policy here (config.json missing); train stage 1 (scripts/bc.py) first")
+    try:
+        return E3D2PolicyModel.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise E3D2Error(f"{path}: cannot load the behaviour-cloning policy ({type(exc).__name__}: {exc})") from exc
+
+
+def load_reward_model(path: str | Path, required: bool) -> Any | None:
+    """The reward model at `path`; None if absent and not `required`."""
+    from e3d2_hf.models.modeling_reward import E3D2RewardModel
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        if required:
+            raise E3D2Error(f"{path}: no reward model here (config.json missing); train stage 3 (scripts/reward.py) first, or use --reward beat")
+        return None
+    try:
+        return E3D2RewardModel.from_pretrained(path).eval()
+    except (OSError, ValueError) as exc:
+        raise E3D2Error(f"{path}: cannot load the reward model ({type(exc).__name__}: {exc})") from exc
+
+
+__all__ = ["load_policy", "load_reward_model"]
