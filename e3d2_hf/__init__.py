@@ -9,3 +9,4 @@ __version__ = "0.1.0"
 
 from e3d2_hf.models import modeling_policy, modeling_reward, modeling_vqvae  # noqa: E402,F401  (Auto* registration)
 from e3d2_hf.inference import Dance, dance, generate_dances  # noqa: E402,F401
+from e3d2_hf.hub import PublishResult, publish  # noqa: E402,F401

@@ -1,9 +1,15 @@
 """Dance to any music: a trained policy (local folder or Hub id) + an audio file -> 60 fps joints.
 
     e3d2 dance --model runs/tiny/ppo/policy --music song.mp3 --out dances/
+    e3d2 dance --model runs/tiny/bc --model runs/tiny/ppo/policy --music song.mp3   # side by side
     >>> from e3d2_hf import dance
     >>> result = dance("runs/tiny/bc", "song.mp3", seconds=20)
-    >>> result.save_npz("song.npz")
+    >>> result.save_npz("song.npz"); result.save_bvh("song.bvh"); result.render("song.mp4")
+
+`e3d2 dance` writes `<song>.npz`, `<song>.bvh` and `<song>.mp4` (the music muxed in) into `--out`;
+several dances (`--num-dances`) or several models (`--model` repeated) get one npz/bvh each
+(`<song>_<i>`, `<song>_<model>`) and share one side-by-side video. Everything is written into a
+hidden staging folder first and moved into `--out` only when all of it succeeded.
 
 The policy sees the music at 7.5 fps (one pose-code step per 8 motion frames) and its VQ-VAE turns
 the codes back into 60 fps joints. The first pose is not the policy's choice (the MDP's initial
@@ -13,8 +19,12 @@ state): by default a standing rest pose, or any joints file given with `--start-
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +55,18 @@ class Dance:
         with atomic_file(path) as handle:
             np.savez(handle, joints=self.joints.astype(np.float32), fps=np.float32(self.fps), music=str(self.music_path), model_id=self.model_id, seed=np.int64(self.seed), **self.settings)
         return path
+
+    def save_bvh(self, path: str | os.PathLike) -> Path:
+        """The dance as a BVH file for animation tools (written atomically)."""
+        from e3d2_hf.render.export import save_bvh
+
+        return save_bvh(path, self.joints, self.fps)
+
+    def render(self, path: str | os.PathLike, **kwargs: Any) -> Path:
+        """A skeleton video: `.mp4` with this dance's music muxed in, or `.gif`; keyword arguments as `render_video`."""
+        from e3d2_hf.render.video import render_video
+
+        return render_video(path, self.joints, **{"fps": self.fps, "music_path": self.music_path} | kwargs)
 
 
 def resolve_model(model: str | os.PathLike) -> Path:
@@ -145,8 +167,9 @@ def generate_dances(
     progress: bool = False,
 ) -> list[Dance]:
     """Generate `num_dances` dances for one music file in one batch (seeded: the same call gives the same dances)."""
-    from e3d2_hf.data.music import music_features
+    from e3d2_hf.data.music import BEAT_COLUMN, music_features
     from e3d2_hf.models.modeling_policy import music_to_joints
+    from e3d2_hf.render.export import fit_skeleton
 
     policy = model if hasattr(model, "load_vqvae") else load_policy(model)
     model_id = str(model) if not hasattr(model, "load_vqvae") else str(getattr(policy, "name_or_path", "policy"))
@@ -158,6 +181,9 @@ def generate_dances(
         features = features[: int(np.ceil(seconds * MUSIC_FPS))]
     if features.shape[0] < 2:
         raise E3D2Error(f"{music_path}: music too short to dance to ({features.shape[0] / MUSIC_FPS:.2f} s)")
+    if not features[:, BEAT_COLUMN].any():
+        # Silence (or music without a pulse) is still a valid input, the dance just cannot follow it.
+        logger.warning("%s: no beats found (silent?); dancing anyway", music_path)
     if num_dances < 1:
         raise E3D2Error(f"--num-dances must be at least 1, got {num_dances}")
     frames = policy.load_vqvae().config.frames_per_code
@@ -174,7 +200,8 @@ def generate_dances(
     )
     if seconds is not None:
         joints = joints[:, : int(round(seconds * MOTION_FPS))]
-    joints = np.stack([ground_dance(single) for single in joints]).astype(np.float32)
+    # on the floor, then on one rigid skeleton: what the npz holds is exactly what the BVH carries
+    joints = np.stack([fit_skeleton(ground_dance(single)) for single in joints]).astype(np.float32)
     settings = {"temperature": temperature, "top_k": -1 if top_k is None else top_k, "greedy": greedy}
     return [Dance(joints=joints[index], music_path=music_path, model_id=model_id, seed=seed, settings=settings | {"dance_index": index}) for index in range(num_dances)]
 
@@ -184,8 +211,36 @@ def dance(model: str | os.PathLike | Any, music_path: str | os.PathLike, **kwarg
     return generate_dances(model, music_path, num_dances=1, **kwargs)[0]
 
 
+def model_labels(models: list[str]) -> list[str]:
+    """Short distinct names for titles and file names: a folder's name (RUN/ppo/policy -> ppo) or a Hub id's NAME."""
+    paths = [Path(os.path.abspath(model)) for model in models]
+    labels = [path.parent.name if path.name == "policy" and path.parent.name else path.name for path in paths]
+    return [label if labels.count(label) == 1 else f"{label}-{labels[: index + 1].count(label)}" for index, label in enumerate(labels)]
+
+
+@contextlib.contextmanager
+def staged_into(folder: Path) -> Iterator[Path]:
+    """A hidden folder inside `folder` whose files move into `folder` only if the block succeeds.
+
+    A run that fails late (rendering after the npz and BVH files exist) thus leaves nothing behind,
+    and files of an earlier run are only replaced by a complete new set.
+    """
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=".e3d2-dance-", dir=folder))
+    except OSError as exc:
+        raise E3D2Error(f"{folder}: cannot write into the output folder ({exc.strerror or exc})") from exc
+    try:
+        yield staging
+        for file in sorted(staging.iterdir()):
+            os.replace(file, folder / file.name)
+    except OSError as exc:  # disk full, folder removed meanwhile, ...
+        raise E3D2Error(f"{folder}: cannot write the dance files ({exc.strerror or exc})") from exc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="policy folder (runs/<name>/bc, runs/<name>/ppo/policy) or Hub id USER/NAME")
+    parser.add_argument("--model", required=True, action="append", help="policy folder (runs/<name>/bc, runs/<name>/ppo/policy) or Hub id USER/NAME; repeat to compare models side by side")
     parser.add_argument("--music", required=True, help="any audio file librosa reads (wav, mp3, ogg, flac)")
     parser.add_argument("--out", default="dances", help="output folder (default: dances)")
     parser.add_argument("--seconds", type=float, default=None, help="dance to the first S seconds only (default: the whole piece)")
@@ -195,6 +250,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-k", type=int, default=None)
     parser.add_argument("--start-pose", default=None, help=".npy/.npz joints (24,3) or (>=8,24,3) for the first pose (default: standing)")
+    parser.add_argument("--format", choices=("mp4", "gif", "none"), default="mp4", help="video with the music (mp4), silent gif, or none (default: mp4)")
+    parser.add_argument("--no-bvh", action="store_true", help="do not write BVH files")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -205,17 +262,32 @@ def run(args: argparse.Namespace) -> int:
         raise E3D2Error(f"{out}: cannot create the output folder ({exc.strerror or exc})") from exc
     if not os.access(out, os.W_OK):
         raise E3D2Error(f"{out}: output folder is not writable")
-    dances = generate_dances(
-        args.model, args.music, seconds=args.seconds, seed=args.seed, num_dances=args.num_dances, greedy=args.greedy,
-        temperature=args.temperature, top_k=args.top_k, start_pose=args.start_pose, progress=True,
-    )  # fmt: skip
     stem = Path(args.music).stem
-    written = []
-    for index, result in enumerate(dances):
-        name = stem if len(dances) == 1 else f"{stem}_{index}"
-        written.append(result.save_npz(out / f"{name}.npz"))
-    seconds = dances[0].joints.shape[0] / MOTION_FPS
-    print(f"{len(dances)} dance(s) of {seconds:.1f} s for {args.music}:")
-    for path in written:
-        print(f"  {path}")
+    labels = model_labels(args.model) if len(args.model) > 1 else [""]
+    named: list[tuple[str, str, Dance]] = []  # (file name, video title, dance)
+    for model, label in zip(args.model, labels):
+        dances = generate_dances(
+            model, args.music, seconds=args.seconds, seed=args.seed, num_dances=args.num_dances, greedy=args.greedy,
+            temperature=args.temperature, top_k=args.top_k, start_pose=args.start_pose, progress=True,
+        )  # fmt: skip
+        for index, result in enumerate(dances):
+            number = [str(index)] if len(dances) > 1 else []
+            name = "_".join([stem, *([label] if label else []), *number])
+            named.append((name, " #".join([label, *number]).strip(), result))
+    with staged_into(out) as staging:
+        for name, _, result in named:
+            result.save_npz(staging / f"{name}.npz")
+            if not args.no_bvh:
+                result.save_bvh(staging / f"{name}.bvh")
+        if args.format != "none":
+            from e3d2_hf.render.video import render_video
+
+            joints = [result.joints for _, _, result in named]
+            titles = [title for _, title, _ in named] if len(named) > 1 else None
+            render_video(staging / f"{stem}.{args.format}", joints if len(named) > 1 else joints[0], fps=MOTION_FPS, music_path=args.music, titles=titles, progress=True)
+        written = sorted(path.name for path in staging.iterdir())
+    seconds = named[0][2].joints.shape[0] / MOTION_FPS
+    print(f"{len(named)} dance(s) of {seconds:.1f} s for {args.music}:")
+    for name in written:
+        print(f"  {out / name}")
     return 0

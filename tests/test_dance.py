@@ -1,18 +1,25 @@
 """`e3d2 dance`: a policy folder + any music file -> npz, BVH and a video with the music."""
 
+import re
+import shutil
+import subprocess
 from pathlib import Path
 
+import imageio_ffmpeg
 import numpy as np
 import pytest
 import soundfile
 import torch
+from PIL import Image
 
 from e3d2_hf.cli import main
-from e3d2_hf.inference import dance, generate_dances, standing_start_pose
+from e3d2_hf.inference import dance, generate_dances, model_labels, standing_start_pose
 from e3d2_hf.models.configuration_policy import PolicyConfig
 from e3d2_hf.models.configuration_vqvae import VQVAEConfig
 from e3d2_hf.models.modeling_policy import E3D2PolicyModel
 from e3d2_hf.models.modeling_vqvae import E3D2VQVAE
+from e3d2_hf.render.export import bvh_to_joints
+from e3d2_hf.utils import E3D2Error
 
 SHARED_MUSIC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "music"
 TRUMPET = SHARED_MUSIC / "sorohanro_-_solo-trumpet-06.ogg"
@@ -30,6 +37,7 @@ def private_cache(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def policy_dir(tmp_path_factory):
+    """A tiny random policy: its VQ-VAE's bones stretch from frame to frame, as an untrained one's do."""
     torch.manual_seed(0)
     vqvae = E3D2VQVAE(VQVAEConfig(channels=8, codebook_dim=8, residual_depth=1, codebook_size=32)).eval()
     policy = E3D2PolicyModel(PolicyConfig(codebook_size=32, hidden_size=32, num_hidden_layers=2, num_base_layers=1, num_attention_heads=4))
@@ -39,17 +47,49 @@ def policy_dir(tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="module")
+def song(tmp_path_factory):
+    """Three seconds of the synthetic generator's music, so most tests need no shared data."""
+    from e3d2_hf.data.synthetic import GENRES, SAMPLE_RATE, compose_music
+
+    path = tmp_path_factory.mktemp("music") / "song.wav"
+    soundfile.write(path, compose_music(GENRES[0], 110.0, 3.0, np.random.default_rng(0))[0], SAMPLE_RATE)
+    return path
+
+
+def audio_stream(path: Path) -> tuple[str, float]:
+    """Codec and duration of a file's first audio stream, as ffmpeg reads them while copying it out."""
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-i", str(path), "-map", "0:a:0", "-c", "copy", "-f", "null", "-"]
+    log = subprocess.run(command, check=True, capture_output=True, text=True).stderr
+    codec = re.search(r"Stream #0:\d+\S*: Audio: (\w+)", log)
+    hours, minutes, seconds = re.findall(r"time=(\d+):(\d+):([\d.]+)", log)[-1]
+    return codec.group(1) if codec else "", 3600 * int(hours) + 60 * int(minutes) + float(seconds)
+
+
+def files_in(folder: Path) -> list[str]:
+    """Everything in `folder`, hidden staging files included."""
+    return sorted(path.name for path in folder.iterdir()) if folder.exists() else []
+
+
 @needs_music
-def test_cli_writes_the_whole_piece_as_npz(policy_dir, tmp_path, capsys):
+def test_cli_writes_the_whole_piece_as_npz_bvh_and_mp4(policy_dir, tmp_path, capsys):
     out = tmp_path / "dances"
     assert main(["dance", "--model", str(policy_dir), "--music", str(TRUMPET), "--out", str(out), "--seed", "3"]) == 0
-    saved = np.load(out / f"{TRUMPET.stem}.npz")
+    stem = TRUMPET.stem
+    assert files_in(out) == [f"{stem}.bvh", f"{stem}.mp4", f"{stem}.npz"]
+    saved = np.load(out / f"{stem}.npz")
     duration = soundfile.info(TRUMPET).duration
     assert saved["joints"].shape[1:] == (24, 3) and saved["joints"].dtype == np.float32
     assert abs(saved["joints"].shape[0] - duration * 60) <= 8  # whole piece, one code = 8 frames
     assert float(saved["fps"]) == 60.0 and int(saved["seed"]) == 3 and str(saved["music"]) == str(TRUMPET)
     assert np.isfinite(saved["joints"]).all()
-    assert str(out / f"{TRUMPET.stem}.npz") in capsys.readouterr().out
+    bvh_joints, bvh_fps = bvh_to_joints(out / f"{stem}.bvh")
+    assert bvh_fps == 60.0 and bvh_joints.shape == saved["joints"].shape
+    assert np.linalg.norm(bvh_joints - saved["joints"], axis=-1).max() < 0.01
+    codec, seconds = audio_stream(out / f"{stem}.mp4")
+    assert codec == "aac" and abs(seconds - saved["joints"].shape[0] / 60) < 0.05
+    printed = capsys.readouterr().out
+    assert all(str(out / name) in printed for name in files_in(out))
 
 
 @needs_music
@@ -60,6 +100,62 @@ def test_api_is_seeded_and_cuts_to_seconds(policy_dir):
     np.testing.assert_array_equal(first.joints, again.joints)
     batch = generate_dances(policy_dir, TRUMPET, seconds=2.0, seed=5, num_dances=3)
     assert len(batch) == 3 and not np.array_equal(batch[1].joints, batch[2].joints)
+
+
+def test_api_dance_saves_and_renders(policy_dir, song, tmp_path):
+    result = dance(policy_dir, song, seconds=1.0)
+    assert result.save_npz(tmp_path / "a.npz").is_file()
+    joints, fps = bvh_to_joints(result.save_bvh(tmp_path / "a.bvh"))
+    assert fps == 60.0 and np.linalg.norm(joints - result.joints, axis=-1).max() < 0.01
+    with Image.open(result.render(tmp_path / "a.gif", size=(128, 96))) as gif:
+        assert gif.size == (128, 96) and gif.n_frames == 20  # 1 s at the GIF's 20 fps
+    assert abs(audio_stream(result.render(tmp_path / "a.mp4", size=(128, 96)))[1] - 1.0) < 0.05
+
+
+def test_models_and_dances_share_one_video(policy_dir, song, tmp_path, capsys):
+    ppo = tmp_path / "run" / "ppo" / "policy"
+    shutil.copytree(policy_dir, ppo)
+    out = tmp_path / "dances"
+    command = ["dance", "--model", str(policy_dir), "--model", str(ppo), "--music", str(song), "--out", str(out)]
+    assert main(command + ["--num-dances", "2", "--seconds", "1", "--format", "gif", "--no-bvh"]) == 0
+    assert files_in(out) == ["song.gif", "song_bc_0.npz", "song_bc_1.npz", "song_ppo_0.npz", "song_ppo_1.npz"]
+    with Image.open(out / "song.gif") as gif:
+        assert gif.size == (4 * 640, 480)  # four panels side by side
+    bc, ppo_dance = np.load(out / "song_bc_0.npz"), np.load(out / "song_ppo_0.npz")
+    np.testing.assert_array_equal(bc["joints"], ppo_dance["joints"])  # same weights, same seed: same dance
+    assert str(bc["model_id"]) == str(policy_dir)
+    assert "4 dance(s)" in capsys.readouterr().out
+
+
+def test_model_labels_are_short_and_distinct():
+    assert model_labels(["runs/x/bc", "runs/x/ppo/policy", "user/e3d2-tiny"]) == ["bc", "ppo", "e3d2-tiny"]
+    assert model_labels(["runs/a/bc", "runs/b/bc/"]) == ["bc-1", "bc-2"]
+
+
+def test_silence_is_danced_to_with_a_warning(policy_dir, tmp_path, caplog):
+    # Decision: silence is valid music (a silent intro, a test tone): dance anyway, but say that
+    # the dance cannot follow it.
+    silent = tmp_path / "silence.wav"
+    soundfile.write(silent, np.zeros(2 * 22050, dtype=np.float32), 22050)
+    out = tmp_path / "o"
+    assert main(["dance", "--model", str(policy_dir), "--music", str(silent), "--out", str(out), "--format", "none"]) == 0
+    assert files_in(out) == ["silence.bvh", "silence.npz"]
+    joints = np.load(out / "silence.npz")["joints"]
+    assert abs(len(joints) - 120) <= 8 and np.isfinite(joints).all()
+    assert "no beats found" in caplog.text
+
+
+def test_failed_render_leaves_no_files(policy_dir, song, tmp_path, monkeypatch):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "song.npz").write_bytes(b"an earlier run")
+
+    def broken_render(path, *args, **kwargs):
+        raise E3D2Error(f"{path}: ffmpeg failed (disk full)")
+
+    monkeypatch.setattr("e3d2_hf.render.video.render_video", broken_render)
+    assert main(["dance", "--model", str(policy_dir), "--music", str(song), "--out", str(out), "--seconds", "1"]) == 2
+    assert files_in(out) == ["song.npz"] and (out / "song.npz").read_bytes() == b"an earlier run"
 
 
 def test_grounding_removes_drift_and_keeps_jumps():
@@ -81,17 +177,26 @@ def test_standing_start_pose_is_on_the_floor():
     assert pose.shape == (8, 24, 3) and abs(pose[..., 1].min()) < 1e-6
 
 
-def test_bad_inputs_fail_in_one_line(policy_dir, tmp_path, capsys):
+def test_bad_inputs_fail_in_one_line(policy_dir, song, tmp_path, capsys):
+    out = tmp_path / "o"
+
+    def fails(model, music, *options):
+        assert main(["dance", "--model", str(model), "--music", str(music), "--out", str(out), *options]) == 2
+        return capsys.readouterr().err
+
     broken = tmp_path / "broken.mp3"
     broken.write_bytes(b"not audio" * 50)
-    assert main(["dance", "--model", str(policy_dir), "--music", str(broken), "--out", str(tmp_path / "o")]) == 2
-    assert "broken.mp3" in capsys.readouterr().err
-    assert main(["dance", "--model", str(tmp_path / "nowhere"), "--music", str(broken), "--out", str(tmp_path / "o")]) == 2
-    assert "no such policy folder" in capsys.readouterr().err
+    assert "broken.mp3" in fails(policy_dir, broken)
+    blip = tmp_path / "blip.wav"  # shorter than one pose-code step (8 frames = 0.13 s)
+    soundfile.write(blip, np.zeros(2205, dtype=np.float32), 22050)
+    assert "blip.wav: audio too short" in fails(policy_dir, blip)
+    assert "too short to dance to" in fails(policy_dir, song, "--seconds", "0.1")
+    assert "no such policy folder" in fails(tmp_path / "nowhere", broken)
     no_vqvae = tmp_path / "bare"
     E3D2PolicyModel.from_pretrained(policy_dir).save_pretrained(no_vqvae)
-    import shutil
-
     shutil.rmtree(no_vqvae / "vqvae")
-    assert main(["dance", "--model", str(no_vqvae), "--music", str(broken), "--out", str(tmp_path / "o")]) == 2
-    assert "no VQ-VAE" in capsys.readouterr().err
+    assert "no VQ-VAE" in fails(no_vqvae, song)
+    assert files_in(out) == []
+    out = tmp_path / "a_file"  # the output "folder" is a file: nothing can be written
+    out.write_text("")
+    assert "a_file: cannot create the output folder" in fails(policy_dir, song)
