@@ -21,6 +21,7 @@ or its first `max_steps` steps.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import datasets
 import numpy as np
@@ -29,6 +30,10 @@ import torch
 from e3d2_hf.data.codes import code_sequences
 from e3d2_hf.data.windows import window_index
 from e3d2_hf.utils import E3D2Error
+
+if TYPE_CHECKING:  # the environment only calls the models it is given
+    from e3d2_hf.models.modeling_policy import E3D2PolicyModel
+    from e3d2_hf.models.modeling_vqvae import E3D2VQVAE
 
 
 @dataclass
@@ -155,6 +160,49 @@ class HeldOutPieces:
 
     def __len__(self) -> int:
         return len(self.names)
+
+    def batches(self, batch_size: int) -> list[slice]:
+        """Consecutive slices of at most `batch_size` pieces."""
+        return [slice(first, first + batch_size) for first in range(0, len(self), batch_size)]
+
+    @torch.no_grad()
+    def dance(
+        self,
+        policy: E3D2PolicyModel,
+        rows: slice,
+        *,
+        do_sample: bool,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray]:
+        """The policy's dances to pieces `rows`: upper and lower codes (B, S) incl. a_0, their music (B, S, D), steps (B,).
+
+        S is the longest piece of the slice; shorter pieces are right-padded (cut them at `steps`).
+        """
+        steps = self.steps[rows]
+        music = self.music_features[rows, : int(steps.max())].to(policy.device)
+        tokens = policy.generate(
+            music,
+            upper_codes=self.first_upper[rows].to(policy.device),
+            lower_codes=self.first_lower[rows].to(policy.device),
+            do_sample=do_sample,
+            temperature=temperature,
+            top_k=top_k,
+            generator=generator,
+        )
+        upper, lower = policy.split_pose_tokens(tokens)
+        return upper, lower, music, steps
+
+    @torch.no_grad()
+    def joints(self, vqvae: E3D2VQVAE, rows: slice, upper: torch.Tensor, lower: torch.Tensor) -> dict[str, np.ndarray]:
+        """Piece name -> the 60 fps joints (8 * steps, 24, 3) the VQ-VAE decodes from `dance`'s codes, starting at the ground truth's root."""
+        names, steps, roots = self.names[rows], self.steps[rows], self.root_start[rows]
+        clips = {}
+        for offset, (name, length) in enumerate(zip(names, steps)):
+            decoded = vqvae.decode(upper[offset : offset + 1, :length], lower[offset : offset + 1, :length], roots[offset : offset + 1].to(vqvae.device))
+            clips[name] = decoded[0].float().cpu().numpy()
+        return clips
 
     @classmethod
     def from_codes(

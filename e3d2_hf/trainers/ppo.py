@@ -754,31 +754,17 @@ class PPOTrainer:
         pieces, policy, device = self.held_out, self.policy, self.accelerator.device
         generator = torch.Generator(device=device).manual_seed(seed_of(self.config.seed, -2))
         returns, kls, clips = [], [], {}
-        for first in range(0, len(pieces), self.config.per_device_rollout_batch_size):
-            rows = slice(first, first + self.config.per_device_rollout_batch_size)
-            steps = pieces.steps[rows]
-            music = pieces.music_features[rows, : int(steps.max())].to(device)
-            tokens = policy.generate(
-                music,
-                upper_codes=pieces.first_upper[rows].to(device),
-                lower_codes=pieces.first_lower[rows].to(device),
-                do_sample=self.config.eval_do_sample,
-                temperature=self.config.temperature,
-                top_k=self.config.top_k,
-                generator=generator,
+        for rows in pieces.batches(self.config.per_device_rollout_batch_size):
+            upper, lower, music, steps = pieces.dance(
+                policy, rows, do_sample=self.config.eval_do_sample, temperature=self.config.temperature, top_k=self.config.top_k, generator=generator
             )
-            upper, lower = policy.split_pose_tokens(tokens)
             mask = torch.arange(1, upper.shape[1], device=device)[None] < torch.as_tensor(steps, device=device)[:, None]
             if self.learned_reward is not None:
                 episodes = Episodes(upper, lower, music, torch.zeros(0))
                 returns.append(self.learned_reward.returns(episodes, steps=torch.as_tensor(steps)).cpu())
             kls.append(self._exact_kl(upper, lower, music, mask).cpu())
-            vqvae = policy.vqvae
-            if vqvae is not None and self.config.eval_metrics:
-                for offset, length in enumerate(steps):
-                    index = first + offset
-                    joints = vqvae.decode(upper[offset : offset + 1, :length], lower[offset : offset + 1, :length], pieces.root_start[index : index + 1].to(vqvae.device))
-                    clips[pieces.names[index]] = joints[0].float().cpu().numpy()
+            if policy.vqvae is not None and self.config.eval_metrics:
+                clips.update(pieces.joints(policy.vqvae, rows, upper, lower))
         result: dict[str, Any] = {
             "learned_return": float(torch.cat(returns).mean()) if returns else None,
             "learned_return_per_step": float((torch.cat(returns) / torch.as_tensor(pieces.steps - 1)).mean()) if returns else None,
