@@ -1,9 +1,11 @@
-# e3d2-hf: `make` sets up .venv and runs the main job; `make test` runs the test suite.
+# e3d2-hf: `make` sets up .venv and runs the whole E3D2 pipeline (make MUSIC=song.mp3 FORCE=1); `make test` runs the test suite.
 # A GPU user installs their own CUDA torch into .venv first; setup keeps any torch it finds.
 PYTHON     ?= python3
 VENV       ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 RECIPE     ?= recipes/tiny.yaml
+MUSIC      ?=
+FORCE      ?=
 BIN        := $(VENV)/bin
 
 .PHONY: all setup pipeline test clean
@@ -14,13 +16,13 @@ $(BIN)/e3d2: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,music]"
 	touch $@
 
 setup: $(BIN)/e3d2
 
 pipeline: setup
-	$(BIN)/python scripts/prepare.py $(RECIPE)
+	HF_HUB_OFFLINE=1 $(BIN)/e3d2 pipeline $(RECIPE) $(if $(MUSIC),--music "$(MUSIC)") $(if $(FORCE),--force)
 
 test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest tests

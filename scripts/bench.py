@@ -1,6 +1,6 @@
 """Project benchmarks: each section times our implementation against a baseline on the same inputs.
 
-    python scripts/bench.py [--only NAME ...] [--json OUT]
+    python scripts/bench.py [--only NAME ...] [--json OUT] [--ppo-steps N]
 
 A section is a function in BENCHES returning rows (dicts); the rows of all sections are printed as
 one table and, with --json, written as {section: rows}. Add a section by writing a function and
@@ -10,9 +10,14 @@ registering it in BENCHES.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import os
 import platform
+import socket
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -148,8 +153,6 @@ def bench_generation(
 
 def bench_music_features(seconds: float = 60.0) -> list[Row]:
     """Seconds of compute per minute of music for the 438-d features at 60 fps and 7.5 fps (decoding included)."""
-    import tempfile
-
     import soundfile
 
     from e3d2_hf.data.music import extract_music_features
@@ -174,10 +177,128 @@ def bench_music_features(seconds: float = 60.0) -> list[Row]:
     return rows
 
 
+def _ppo_worker(result: Path, steps: int, threads: int) -> None:
+    """One rank of the `ppo` section: a warm-up PPO step, then `steps` timed ones; rank 0 writes the timings.
+
+    Stand-ins at the size of recipes/tiny.yaml (bc:, reward:, ppo:) with random weights and random
+    music: generation, scoring by the learned reward model and the update do the same work as with
+    trained ones. Every rank builds the same models and segments (seeded), as in a real run.
+    """
+    import torch
+
+    from e3d2_hf.models.configuration_policy import PolicyConfig
+    from e3d2_hf.models.configuration_reward import RewardModelConfig
+    from e3d2_hf.models.modeling_policy import E3D2PolicyModel
+    from e3d2_hf.models.modeling_reward import E3D2RewardModel
+    from e3d2_hf.trainers.environment import MusicSegments
+    from e3d2_hf.trainers.ppo import PPOConfig, PPOTrainer
+    from e3d2_hf.trainers.rewards import LearnedReward
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    policy = E3D2PolicyModel(PolicyConfig(hidden_size=64, num_hidden_layers=4, num_base_layers=2, num_attention_heads=4))
+    reward_model = E3D2RewardModel(RewardModelConfig(hidden_size=64, num_attention_heads=4, num_hidden_layers=1))
+    rng = np.random.default_rng(0)
+    sequences, length = 8, 120  # 23 segments each at stride 4: 184 >= the 128 episodes of a step
+    segments = MusicSegments(
+        [f"random{index}" for index in range(sequences)],
+        [rng.integers(0, 512, length) for _ in range(sequences)],
+        [rng.integers(0, 512, length) for _ in range(sequences)],
+        [rng.standard_normal((length, 438)).astype(np.float32) for _ in range(sequences)],
+        [np.zeros(8 * length, np.float32) for _ in range(sequences)],
+        stride=4,
+    )
+    config = PPOConfig(
+        run_dir=str(result.parent), max_steps=steps + 1, rollout_segments=128, train_batch_size=64, per_device_rollout_batch_size=128,
+        learning_rate=1e-4, value_num_layers=1, eval_steps=0, save_steps=10**9, report_to="none",
+    )  # fmt: skip
+    trainer = PPOTrainer(config, policy, LearnedReward(reward_model), segments)
+    accelerator = trainer.accelerator
+    try:
+        trainer.ppo_step(0)
+        accelerator.wait_for_everyone()
+        start = time.perf_counter()
+        for step in range(1, steps + 1):
+            trainer.ppo_step(step)
+        accelerator.wait_for_everyone()
+        seconds = time.perf_counter() - start
+        if accelerator.is_main_process:
+            timings = {
+                "processes": accelerator.num_processes,
+                "backend": accelerator.distributed_type.value,
+                "device": accelerator.device.type,
+                "episodes_per_step": trainer.rollout_segments,
+                "seconds": seconds,
+            }
+            result.write_text(json.dumps(timings))
+    finally:  # leave the gloo group cleanly before exiting
+        accelerator.end_training()
+        accelerator.state.destroy_process_group()
+
+
+def _ppo_run(folder: Path, processes: int, threads: int, steps: int) -> dict[str, Any]:
+    """Timings of `_ppo_worker` in `processes` processes: plain Python for one, Accelerate's DDP launcher for more."""
+    folder.mkdir()
+    result = folder / "timings.json"
+    worker = [str(Path(__file__).resolve()), "--ppo-worker", str(result), "--ppo-steps", str(steps), "--ppo-threads", str(threads)]
+    env = {key: value for key, value in os.environ.items() if key not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = str(threads)
+    if processes == 1:
+        command = [sys.executable, *worker]
+    else:
+        with socket.socket() as probe:  # a free port: other runs on this machine may hold accelerate's default 29500
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                   "--main_process_port", str(port), *worker]  # fmt: skip
+    finished = subprocess.run(command, env=env, cwd=folder, capture_output=True, text=True, timeout=3600, check=False)
+    if finished.returncode != 0 or not result.is_file():
+        raise RuntimeError(f"ppo bench with {processes} process(es) failed (exit {finished.returncode}):\n{finished.stderr[-3000:]}")
+    timings = json.loads(result.read_text())
+    if timings["processes"] != processes:
+        raise RuntimeError(f"ppo bench: {processes} processes were launched but they formed a group of {timings['processes']}")
+    return timings
+
+
+def bench_ppo(steps: int = 5) -> list[Row]:
+    """PPO training throughput (episodes/s) at recipes/tiny.yaml's sizes with 1 process and 2 DDP ranks.
+
+    The same global work per step everywhere (128 episodes, minibatches of 64; each of 2 ranks
+    generates, scores and trains on half). Rows: 1 process and 2 processes with cores / 2 threads
+    each (the speed-up of DDP at equal threads per process, the ratio reported), and 1 process on
+    all cores (whether intra-op threads do as well). On CPU the ranks are gloo processes; with
+    >= 2 GPUs they are GPUs; one GPU cannot host 2 ranks, so there only 1 process runs.
+    """
+    import torch
+
+    cores = len(os.sched_getaffinity(0))
+    threads = max(1, cores // 2)
+    configurations = [(1, threads), (1, cores)] if cores > threads else [(1, threads)]
+    if torch.cuda.device_count() != 1:
+        configurations.append((2, threads))
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for processes, process_threads in configurations:
+            timings = _ppo_run(Path(folder) / f"{processes}x{process_threads}", processes, process_threads, steps)
+            seconds_per_step = timings["seconds"] / steps
+            rows.append({
+                "case": f"PPO {processes} process(es) x {process_threads} thread(s), {timings['device']} ({timings['backend']}), {steps} steps",
+                "processes": processes,
+                "threads_per_process": process_threads,
+                "episodes_per_step": timings["episodes_per_step"],
+                "seconds_per_step": round(seconds_per_step, 3),
+                "episodes_per_s": round(timings["episodes_per_step"] / seconds_per_step, 1),
+            })  # fmt: skip
+    for row in rows:
+        row["speedup_vs_1_process"] = round(row["episodes_per_s"] / rows[0]["episodes_per_s"], 2)
+    return rows
+
 BENCHES: dict[str, Callable[[], list[Row]]] = {
     "music_features": bench_music_features,
     "metric_features": bench_metric_features,
     "generation": bench_generation,
+    "ppo": bench_ppo,
 }
 
 
@@ -196,8 +317,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", choices=sorted(BENCHES), metavar="NAME", help=f"sections to run: {', '.join(BENCHES)}")
     parser.add_argument("--json", type=Path, metavar="OUT", help="write the results as JSON")
+    parser.add_argument("--ppo-steps", type=int, default=5, metavar="N", help="timed PPO steps of the ppo section (after one warm-up)")
+    parser.add_argument("--ppo-worker", type=Path, help=argparse.SUPPRESS)  # a rank of the ppo section: its result file
+    parser.add_argument("--ppo-threads", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    results = {name: BENCHES[name]() for name in (args.only or BENCHES)}
+    if args.ppo_worker is not None:
+        _ppo_worker(args.ppo_worker, args.ppo_steps, args.ppo_threads)
+        return 0
+    benches = {**BENCHES, "ppo": functools.partial(bench_ppo, steps=args.ppo_steps)}
+    results = {name: benches[name]() for name in (args.only or BENCHES)}
     _print_table(results)
     if args.json is not None:
         from e3d2_hf.utils import atomic_file

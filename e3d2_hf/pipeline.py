@@ -1,0 +1,163 @@
+"""The whole E3D2 pipeline from one recipe, stage after stage, in one command.
+
+    e3d2 pipeline recipes/tiny.yaml [--music song.mp3] [--force] [--stages prepare vqvae ...]
+
+prepare -> vqvae -> bc -> demos -> reward -> ppo -> eval -> dance. Each stage is the library function
+its `scripts/<stage>.py` calls, on the recipe's section (so a stage run here and one run by its script
+are the same). A stage whose output is already in the run folder is skipped, so a re-run continues
+where the last one stopped; once a stage runs, every later one runs again (its inputs changed).
+`--force` redoes them all. The last stage dances the BC and E3D2 policies side by side to a real
+piece of music (`--music`, by default a track of the `immich-memories-music` package, MIT) into
+RUN/eval/dance. At the end the paper's Table 1 for the run is printed, and the wall time of every
+stage goes to RUN/pipeline.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from e3d2_hf.recipe import load_recipe, parse_recipe, run_dir_of
+from e3d2_hf.utils import E3D2Error, atomic_file
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TRACK = ("happy", "happy_electronic_1.opus")  # 123 bpm, inside the synthetic genres' 84-132 bpm
+DANCE_FOLDER = "eval/dance"
+TIMINGS_FILE = "pipeline.json"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage: the library function its script calls, on the recipe section of its name, and the file that means it is done."""
+
+    name: str
+    module: str
+    config: str
+    function: str
+    done_marker: str
+    rerun_flags: tuple[str, ...] = ()
+
+    def run(self, recipe: str, flags: list[str]) -> Any:
+        """`module.function(parse_recipe(module.config, name, [recipe, *flags]))`, importing the stage only now."""
+        import importlib
+
+        library = importlib.import_module(self.module)
+        return getattr(library, self.function)(parse_recipe(getattr(library, self.config), self.name, [recipe, *flags]))
+
+
+OVERWRITE = ("--overwrite_output_dir", "true")
+STAGES = (
+    Stage("prepare", "e3d2_hf.data.build", "PrepareConfig", "prepare_from_config", "data/manifest.json"),
+    Stage("vqvae", "e3d2_hf.trainers.vqvae", "VQVAETrainingConfig", "train_vqvae", "vqvae/eval.json"),
+    Stage("bc", "e3d2_hf.trainers.bc", "BCTrainingConfig", "train_bc", "bc/diagnostics.json"),
+    Stage("demos", "e3d2_hf.trainers.demos", "DemosConfig", "generate_demonstrations", "demos/summary.json", OVERWRITE),
+    Stage("reward", "e3d2_hf.trainers.reward", "RewardTrainingConfig", "train_reward_model", "reward/diagnostics.json"),
+    Stage("ppo", "e3d2_hf.trainers.ppo", "PPOConfig", "train_ppo", "ppo/summary.json", OVERWRITE),
+    Stage("eval", "e3d2_hf.evaluation", "EvalConfig", "evaluate_run", "eval/metrics.json"),
+)
+STAGE_NAMES = [stage.name for stage in STAGES] + ["dance"]
+
+
+def default_music() -> Path:
+    """The pipeline's default song: a track that ships inside the `immich-memories-music` wheel."""
+    try:
+        from immich_memories_music import tracks_dir
+    except ImportError as exc:
+        raise E3D2Error("no --music given and the default track's package is missing: pip install immich-memories-music") from exc
+    path = tracks_dir().joinpath(*DEFAULT_TRACK)
+    if not path.is_file():
+        raise E3D2Error(f"{path}: the default track is missing from immich-memories-music; pass --music FILE")
+    return path
+
+
+def dance_stage(run_dir: Path, music: Path, seconds: float | None) -> Path:
+    """BC and E3D2 side by side to `music`, with npz and BVH of each, into RUN/eval/dance; returns the video."""
+    from e3d2_hf.cli import main as cli
+
+    models = [str(run_dir / "bc")] + ([str(run_dir / "ppo" / "policy")] if (run_dir / "ppo" / "policy" / "config.json").is_file() else [])
+    command = ["dance", *[flag for model in models for flag in ("--model", model)], "--music", str(music), "--out", str(run_dir / DANCE_FOLDER)]
+    if seconds is not None:
+        command += ["--seconds", str(seconds)]
+    if cli(command) != 0:
+        raise E3D2Error(f"dance: could not dance to {music}")
+    return run_dir / DANCE_FOLDER / f"{music.stem}.mp4"
+
+
+def run_pipeline(recipe: str, *, music: str | None = None, seconds: float | None = None, force: bool = False, stages: list[str] | None = None) -> dict[str, Any]:
+    """Run (or continue) every stage of `recipe`; returns {"timings": ..., "table": ..., "video": ...}."""
+    run_dir = run_dir_of(load_recipe(recipe))
+    selected = stages or STAGE_NAMES
+    unknown = sorted(set(selected) - set(STAGE_NAMES))
+    if unknown:
+        raise E3D2Error(f"pipeline: unknown stage(s) {unknown}; the stages are {STAGE_NAMES}")
+    music_path = Path(music) if music else (default_music() if "dance" in selected else None)
+    if music_path is not None and not music_path.is_file():
+        raise E3D2Error(f"{music_path}: no such music file")
+    timings_file = run_dir / TIMINGS_FILE
+    timings: dict[str, float] = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
+    redo = force
+    total = len(selected)
+    for number, stage in enumerate([stage for stage in STAGES if stage.name in selected], start=1):
+        done = (run_dir / stage.done_marker).is_file()
+        if done and not redo:
+            print(f"[{number}/{total}] {stage.name}: done already ({run_dir / stage.done_marker}); --force redoes it", flush=True)
+            continue
+        print(f"[{number}/{total}] {stage.name} ...", flush=True)
+        started = time.perf_counter()
+        stage.run(recipe, list(stage.rerun_flags) if done else [])
+        timings[stage.name] = round(time.perf_counter() - started, 1)
+        print(f"[{number}/{total}] {stage.name}: done in {timings[stage.name]:.1f} s", flush=True)
+        redo = True  # every later stage read what this one wrote
+        with atomic_file(timings_file, "w") as handle:
+            handle.write(json.dumps(timings, indent=2) + "\n")
+    video = None
+    if "dance" in selected:
+        video = run_dir / DANCE_FOLDER / f"{music_path.stem}.mp4"
+        if video.is_file() and not redo:
+            print(f"[{total}/{total}] dance: done already ({video})", flush=True)
+        else:
+            print(f"[{total}/{total}] dance to {music_path} ...", flush=True)
+            started = time.perf_counter()
+            video = dance_stage(run_dir, music_path, seconds)
+            timings["dance"] = round(time.perf_counter() - started, 1)
+            with atomic_file(timings_file, "w") as handle:
+                handle.write(json.dumps(timings, indent=2) + "\n")
+    table = _report(run_dir, video)
+    return {"timings": timings, "table": table, "video": str(video) if video else None}
+
+
+def _report(run_dir: Path, video: Path | None) -> dict[str, Any] | None:
+    """Print Table 1 of the run (RUN/eval/metrics.json) and where the video is."""
+    from e3d2_hf.evaluation import METRICS_FILE, format_table_1
+
+    metrics_file = run_dir / "eval" / METRICS_FILE
+    table = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
+    print()
+    if table is not None:
+        print(f"Table 1 on held-out music ({metrics_file}):\n")
+        print(format_table_1(table))
+    if video is not None:
+        print(f"\nThe dance (BC | E3D2, with the music): {video}")
+    return table
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", nargs="?", default="recipes/tiny.yaml", help="the run's recipe (default: recipes/tiny.yaml)")
+    parser.add_argument("--music", default=None, help="music for the final dance (default: a track of immich-memories-music)")
+    parser.add_argument("--seconds", type=float, default=None, help="dance to the first S seconds of the music only")
+    parser.add_argument("--force", action="store_true", help="redo every stage, even those already done")
+    parser.add_argument("--stages", nargs="+", choices=STAGE_NAMES, default=None, help="run only these stages (default: all)")
+
+
+def run(args: argparse.Namespace) -> int:
+    run_pipeline(args.recipe, music=args.music, seconds=args.seconds, force=args.force, stages=args.stages)
+    return 0
+
+
+__all__ = ["STAGES", "STAGE_NAMES", "default_music", "run_pipeline"]
