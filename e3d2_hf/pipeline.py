@@ -100,7 +100,7 @@ def run_pipeline(recipe: str, *, music: str | None = None, seconds: float | None
     if music_path is not None and not music_path.is_file():
         raise E3D2Error(f"{music_path}: no such music file")
     timings_file = run_dir / TIMINGS_FILE
-    timings: dict[str, float] = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
+    timings: dict[str, float] = json.loads(timings_file.read_text()) if timings_file.is_file() and not force else {}
     redo = force
     total = len(selected)
     for number, stage in enumerate([stage for stage in STAGES if stage.name in selected], start=1):

@@ -1,4 +1,4 @@
-"""Builders shared by the stage tests: dance-like joints, a prepared dataset on disk, a tiny VQ-VAE.
+"""Shared by the tests: one torch thread per module, and builders (dance-like joints, a prepared dataset on disk, a tiny VQ-VAE).
 
 Imported by the test modules as `from conftest import ...` (pytest puts this folder on sys.path).
 """
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import pytest
 import torch
 
 from e3d2_hf.data.music import BEAT_COLUMN
@@ -18,6 +19,16 @@ from e3d2_hf.models.modeling_vqvae import E3D2VQVAE
 from e3d2_hf.skeleton import forward_kinematics
 
 MUSIC_DIM = 438
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread per test module: the test models are too small to gain from two, and on a busy
+    machine OpenMP threads spin. Subprocesses the tests start set OMP_NUM_THREADS themselves."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def dance_like_joints(frames: int, seed: int) -> np.ndarray:

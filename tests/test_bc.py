@@ -55,15 +55,6 @@ TINY_TRAINING = {
 SPLIT_FRAMES = {"train": [200, 176, 160], "val": [120], "test": [104]}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One thread: these models are too small to gain from two, and on a busy machine OpenMP threads spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def write_prepared(data_dir: Path, frames_per_split: dict[str, list[int]] = SPLIT_FRAMES, music_dim: int = MUSIC_DIM) -> None:
     shared.write_prepared(data_dir, frames_per_split, music_dim)
 
@@ -291,3 +282,14 @@ def test_recipes_parse_into_the_training_config(recipe):
         assert (config.num_hidden_layers, config.num_base_layers, config.num_attention_heads, config.hidden_size) == (12, 6, 12, 768)
         assert (config.learning_rate, config.adam_beta1, config.adam_beta2, config.lr_decay_epochs) == (3e-4, 0.5, 0.999, [250, 400])
         assert config.num_train_epochs == 400 and config.attention_dropout == config.residual_dropout == config.embedding_dropout == 0.1
+
+
+def test_the_pose_code_cache_key_ignores_where_the_vqvae_was_loaded_from(tmp_path):
+    vqvae = tiny_vqvae()
+    for folder in ("bc/vqvae", "ppo/policy/vqvae"):
+        vqvae.save_pretrained(tmp_path / folder)
+    first, second = (E3D2VQVAE.from_pretrained(tmp_path / folder) for folder in ("bc/vqvae", "ppo/policy/vqvae"))
+    assert pose_codes.vqvae_fingerprint(first) == pose_codes.vqvae_fingerprint(second) == pose_codes.vqvae_fingerprint(vqvae)
+    with torch.no_grad():
+        second.root_velocity_decoder.layers[-1].bias.add_(1.0)
+    assert pose_codes.vqvae_fingerprint(second) != pose_codes.vqvae_fingerprint(first)

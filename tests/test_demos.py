@@ -30,14 +30,6 @@ NOISE_LEVELS = [0.02, 0.5, 1.0]
 SPLIT_FRAMES = {"train": [320, 272, 248], "val": [256], "test": [240]}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_policy(seed: int = 0, music_dim: int = 438) -> E3D2PolicyModel:
     torch.manual_seed(seed)
     config = PolicyConfig(codebook_size=CODEBOOK, music_dim=music_dim, hidden_size=32, num_hidden_layers=2, num_base_layers=1, num_attention_heads=4)

@@ -39,15 +39,6 @@ CODEBOOK = 16
 TOY_MUSIC_DIM = 8
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread and do not stall when other processes hold the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ----------------------------------------------------------------------------------------------
 # Toy setting: a tiny policy on random music, reward = share of upper-body codes equal to 0.
 # ----------------------------------------------------------------------------------------------

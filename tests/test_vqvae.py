@@ -41,15 +41,6 @@ def dance_like_joints(num_sequences: int, frames: int, seed: int = 0) -> list[np
     return dances
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One thread: these models are too small to gain from two, and on a busy machine OpenMP threads spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def batch() -> torch.Tensor:
     return torch.from_numpy(np.stack(dance_like_joints(4, 96)))

@@ -55,8 +55,9 @@ CODE_COLUMNS = ("upper_codes", "lower_codes", "music_features_7p5")
 
 
 def vqvae_fingerprint(vqvae: E3D2VQVAE) -> str:
-    """Hex SHA-256 of the VQ-VAE's config and weights (what the pose codes depend on)."""
-    digest = hashlib.sha256(vqvae.config.to_json_string(use_diff=False).encode())
+    """Hex SHA-256 of the VQ-VAE's config and weights (what the pose codes depend on; not where it was loaded from)."""
+    settings = {key: value for key, value in vqvae.config.to_dict().items() if key != "_name_or_path"}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     for name, tensor in sorted(vqvae.state_dict().items()):
         digest.update(name.encode())
         digest.update(array_sha256(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy()).encode())
