@@ -6,9 +6,14 @@ import importlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile
+import yaml
 
 from e3d2_hf import pipeline
+from e3d2_hf.cli import main
+from e3d2_hf.data.synthetic import GENRES, SAMPLE_RATE, compose_music
 from e3d2_hf.recipe import parse_recipe
 from e3d2_hf.utils import E3D2Error
 
@@ -82,3 +87,47 @@ def test_every_stage_of_the_shipped_recipes_parses(recipe):
         parsed = parse_recipe(config_class, stage.name, [str(ROOT / "recipes" / recipe)])
         assert Path(parsed.run_dir).name == recipe.removesuffix(".yaml"), stage.name
         assert callable(getattr(importlib.import_module(stage.module), stage.function))
+
+
+# ----------------------------------------------------------------------------------------------
+# The real chain, at test scale, on the embedded synthetic default
+# ----------------------------------------------------------------------------------------------
+TEST_SCALE = {
+    "prepare": {"synthetic": 8},
+    "vqvae": {"channels": 16, "codebook_dim": 16, "codebook_size": 32, "residual_depth": 1, "window": 48, "window_stride": 48,
+              "per_device_train_batch_size": 16, "learning_rate": 3e-3, "codebook_decay": 0.9, "num_train_epochs": 2,
+              "root_window_stride": 48, "root_per_device_train_batch_size": 16, "root_num_train_epochs": 1, "use_cpu": True, "disable_tqdm": True},
+    "bc": {"codebook_size": 32, "hidden_size": 32, "num_hidden_layers": 2, "num_base_layers": 1, "num_attention_heads": 4,
+           "window": 30, "window_stride": 4, "num_train_epochs": 1, "use_cpu": True, "disable_tqdm": True, "report_to": "none"},
+    "demos": {"noise_levels": [0.02, 0.5, 1.0], "demos_per_music": 2, "disable_tqdm": True},
+    "reward": {"codebook_size": 32, "hidden_size": 32, "num_attention_heads": 4, "num_train_pairs": 256, "num_eval_pairs": 64,
+               "num_train_epochs": 1, "use_cpu": True, "disable_tqdm": True, "report_to": "none"},
+    "ppo": {"max_steps": 2, "rollout_segments": 16, "train_batch_size": 8, "per_device_rollout_batch_size": 16, "value_num_layers": 1,
+            "eval_steps": 1, "eval_seconds": 4.0, "save_steps": 1, "report_to": "none"},
+    "eval": {"eval_seconds": 4.0},
+}  # fmt: skip
+
+
+def test_the_whole_pipeline_runs_on_the_synthetic_default(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("E3D2_CACHE", str(tmp_path / "cache"))
+    recipe = tmp_path / "chain.yaml"
+    recipe.write_text(yaml.safe_dump({"run_name": "chain", "runs_dir": str(tmp_path / "runs"), "seed": 0, **TEST_SCALE}))
+    song = tmp_path / "song.wav"
+    soundfile.write(song, compose_music(GENRES[1], 100.0, 3.0, np.random.default_rng(1))[0], SAMPLE_RATE)
+
+    assert main(["pipeline", str(recipe), "--music", str(song)]) == 0
+    run_dir = tmp_path / "runs" / "chain"
+    table = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    for row in ("ground_truth", "bc", "e3d2"):
+        assert {"FID_k", "FID_g", "Div_k", "Div_g", "BAS", "PFC"} <= set(table[row]), row
+    assert 0.0 <= table["reward_model"]["pair_accuracy_unseen"] <= 1.0
+    assert (run_dir / "eval" / "metrics.md").read_text().startswith("| Method |")
+    assert sorted(path.name for path in (run_dir / "eval" / "dance").iterdir()) == [
+        "song.mp4", "song_bc.bvh", "song_bc.npz", "song_ppo.bvh", "song_ppo.npz"
+    ]  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "| E3D2 |" in printed and str(run_dir / "eval" / "dance" / "song.mp4") in printed
+    assert set(json.loads((run_dir / "pipeline.json").read_text())) == set(pipeline.STAGE_NAMES)
+
+    assert main(["pipeline", str(recipe), "--music", str(song)]) == 0  # everything done: only the report
+    assert capsys.readouterr().out.count("done already") == len(pipeline.STAGE_NAMES)
