@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("e3d2_hf.data.build", "AIST++ or the embedded synthetic default -> datasets on disk"),
     "metrics": ("e3d2_hf.metrics.protocol", "the paper's Table 1 metrics for a folder of dances"),
     "dance": ("e3d2_hf.inference", "make a trained policy dance to a music file"),
+    "launch": ("e3d2_hf.launch", "start a stage script as N real processes (gloo ranks on CPU, one per GPU)"),
     "pipeline": ("e3d2_hf.pipeline", "the whole E3D2 pipeline from one recipe: prepare -> ... -> ppo -> eval -> a dance"),
     "publish": ("e3d2_hf.hub", "a trained policy -> a Hub-ready folder with model card and dance GIF, uploaded"),
 }

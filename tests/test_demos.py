@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -126,8 +124,9 @@ def write_recipe(run_dir: Path, **section) -> Path:
 @pytest.fixture(scope="module")
 def demos_run(tmp_path_factory) -> Path:
     run_dir = write_bc_run(tmp_path_factory.mktemp("runs") / "tiny")
-    os.environ.setdefault("E3D2_CACHE", str(run_dir.parent / "cache"))
-    assert run_stage("demos", DemosConfig, generate_demonstrations, [str(write_recipe(run_dir))]) == 0
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("E3D2_CACHE", str(run_dir.parent / "cache"))
+        assert run_stage("demos", DemosConfig, generate_demonstrations, [str(write_recipe(run_dir))]) == 0
     return run_dir
 
 
@@ -160,16 +159,12 @@ def test_rerun_is_refused_unless_asked_and_then_identical(demos_run):
 
 
 def test_two_gloo_ranks_make_the_same_demonstrations(demos_run, tmp_path):
-    with socket.socket() as probe:  # a free port: other runs on this machine may hold accelerate's default 29500
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(port)}
     out = tmp_path / "demos"
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+    launch = [sys.executable, "-m", "e3d2_hf.cli", "launch", "--num_processes", "2", "--threads", "1",
               str(ROOT / "scripts" / "demos.py"), str(write_recipe(demos_run)), "--output_dir", str(out)]  # fmt: skip
-    result = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=180)
+    result = subprocess.run(launch, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 process(es)" in result.stderr, result.stderr[-3000:]
     single, double = load_demonstrations(demos_run / "demos" / "demonstrations"), load_demonstrations(out / "demonstrations")
     for split in DEMONSTRATION_SPLITS:
         for column in ("name", "noise_level", "demo_index", "upper_codes", "lower_codes"):

@@ -234,6 +234,9 @@ def generate_demonstrations(config: DemosConfig) -> Path:
             for batch in plan_batches(split, split_index, sources[split], config, counts[split])
         ]
         mine = plan[accelerator.process_index :: accelerator.num_processes]
+        if accelerator.is_main_process:
+            rollouts = sum(len(batch.items) for batch in plan)
+            logger.info("demos: %d process(es) (%s), %d rollouts in %d batches", accelerator.num_processes, accelerator.distributed_type, rollouts, len(plan))
         started = time.perf_counter()
         rows = []
         for batch in tqdm(mine, desc="demonstrations", unit="batch", disable=config.disable_tqdm or not accelerator.is_main_process):
