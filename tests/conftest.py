@@ -14,7 +14,9 @@ import pytest
 import torch
 
 from e3d2_hf.data.music import BEAT_COLUMN
+from e3d2_hf.models.configuration_policy import PolicyConfig
 from e3d2_hf.models.configuration_vqvae import VQVAEConfig
+from e3d2_hf.models.modeling_policy import E3D2PolicyModel
 from e3d2_hf.models.modeling_vqvae import E3D2VQVAE
 from e3d2_hf.skeleton import forward_kinematics
 
@@ -88,3 +90,13 @@ def tiny_vqvae(seed: int = 0, codebook_size: int = 16) -> E3D2VQVAE:
     vqvae = E3D2VQVAE(VQVAEConfig(channels=8, codebook_dim=8, residual_depth=1, codebook_size=codebook_size))
     vqvae.train()(torch.from_numpy(np.stack([dance_like_joints(64, 50 + index) for index in range(6)])))
     return vqvae.eval()
+
+
+def tiny_dancing_policy(codebook_size: int = 32) -> E3D2PolicyModel:
+    """A tiny random policy with a tiny random VQ-VAE attached (its bones stretch from frame to frame, as an untrained one's do)."""
+    torch.manual_seed(0)
+    vqvae = E3D2VQVAE(VQVAEConfig(channels=8, codebook_dim=8, residual_depth=1, codebook_size=codebook_size)).eval()
+    config = PolicyConfig(codebook_size=codebook_size, hidden_size=32, num_hidden_layers=2, num_base_layers=1, num_attention_heads=4)
+    policy = E3D2PolicyModel(config)
+    policy.attach_vqvae(vqvae)
+    return policy

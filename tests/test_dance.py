@@ -9,17 +9,15 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 import soundfile
-import torch
 from PIL import Image
 
 from e3d2_hf.cli import main
 from e3d2_hf.inference import dance, generate_dances, model_labels, standing_start_pose
-from e3d2_hf.models.configuration_policy import PolicyConfig
-from e3d2_hf.models.configuration_vqvae import VQVAEConfig
 from e3d2_hf.models.modeling_policy import E3D2PolicyModel
-from e3d2_hf.models.modeling_vqvae import E3D2VQVAE
 from e3d2_hf.render.export import bvh_to_joints
 from e3d2_hf.utils import E3D2Error
+
+from conftest import tiny_dancing_policy
 
 SHARED_MUSIC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "music"
 TRUMPET = SHARED_MUSIC / "sorohanro_-_solo-trumpet-06.ogg"
@@ -29,19 +27,12 @@ needs_music = pytest.mark.skipif(not TRUMPET.is_file(), reason="../shared/data/m
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("E3D2_CACHE", str(tmp_path / "cache"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
 def policy_dir(tmp_path_factory):
     """A tiny random policy: its VQ-VAE's bones stretch from frame to frame, as an untrained one's do."""
-    torch.manual_seed(0)
-    vqvae = E3D2VQVAE(VQVAEConfig(channels=8, codebook_dim=8, residual_depth=1, codebook_size=32)).eval()
-    policy = E3D2PolicyModel(PolicyConfig(codebook_size=32, hidden_size=32, num_hidden_layers=2, num_base_layers=1, num_attention_heads=4))
-    policy.attach_vqvae(vqvae)
+    policy = tiny_dancing_policy()
     folder = tmp_path_factory.mktemp("models") / "bc"
     policy.save_pretrained(folder)
     return folder

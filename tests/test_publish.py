@@ -14,11 +14,10 @@ from PIL import Image
 import e3d2_hf
 from e3d2_hf.cli import main
 from e3d2_hf.hub import publish, upload_folder_or_explain
-from e3d2_hf.models.configuration_policy import PolicyConfig
-from e3d2_hf.models.configuration_vqvae import VQVAEConfig
 from e3d2_hf.models.modeling_policy import E3D2PolicyModel
-from e3d2_hf.models.modeling_vqvae import E3D2VQVAE
 from e3d2_hf.utils import E3D2Error
+
+from conftest import tiny_dancing_policy
 
 SUMMARY = {
     "reward": "learned",
@@ -52,22 +51,15 @@ class FakeApi:
 
 @pytest.fixture(autouse=True)
 def light(tmp_path, monkeypatch):
-    """A private feature cache, one thread, and one-second card GIFs unless a test wants more."""
+    """A private feature cache and one-second card GIFs unless a test wants more."""
     monkeypatch.setenv("E3D2_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr("e3d2_hf.hub.GIF_SECONDS", 1.0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """RUN with bc/ (a plain policy folder) and ppo/ as the PPO trainer leaves it: policy/ + summary.json."""
-    torch.manual_seed(0)
-    vqvae = E3D2VQVAE(VQVAEConfig(channels=8, codebook_dim=8, residual_depth=1, codebook_size=32)).eval()
-    policy = E3D2PolicyModel(PolicyConfig(codebook_size=32, hidden_size=32, num_hidden_layers=2, num_base_layers=1, num_attention_heads=4))
-    policy.attach_vqvae(vqvae)
+    policy = tiny_dancing_policy()
     run = tmp_path_factory.mktemp("runs") / "tiny"
     policy.save_pretrained(run / "bc")
     policy.save_pretrained(run / "ppo" / "policy")
