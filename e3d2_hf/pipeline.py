@@ -110,7 +110,7 @@ def run_pipeline(recipe: str, *, music: str | None = None, seconds: float | None
             continue
         print(f"[{number}/{total}] {stage.name} ...", flush=True)
         started = time.perf_counter()
-        stage.run(recipe, list(stage.rerun_flags) if done else [])
+        stage.run(recipe, list(stage.rerun_flags))  # a stage the pipeline runs replaces what an earlier, unfinished one left
         timings[stage.name] = round(time.perf_counter() - started, 1)
         print(f"[{number}/{total}] {stage.name}: done in {timings[stage.name]:.1f} s", flush=True)
         redo = True  # every later stage read what this one wrote

@@ -21,13 +21,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class RecordedStage(pipeline.Stage):
-    """A stage whose work is writing its done-marker, and noting the call."""
+    """A stage whose work is writing its done-marker, and noting the call; like the real ones, it refuses leftovers unless told."""
 
     calls: list = []
 
     def run(self, recipe: str, flags: list[str]) -> None:
         RecordedStage.calls.append((self.name, flags))
         marker = pipeline.run_dir_of(pipeline.load_recipe(recipe)) / self.done_marker
+        if marker.parent.exists() and self.rerun_flags and flags != list(self.rerun_flags):
+            raise E3D2Error(f"{marker.parent}: earlier outputs here, and no {self.rerun_flags}")  # as demos and ppo refuse
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text("{}")
 
@@ -47,7 +49,8 @@ def test_stages_run_once_then_skip_and_a_rerun_redoes_what_follows(fake_stages, 
     recipe, calls = fake_stages
     stages = [name for name in pipeline.STAGE_NAMES if name != "dance"]
     result = pipeline.run_pipeline(str(recipe), stages=stages)
-    assert [name for name, _ in calls] == stages and all(flags == [] for _, flags in calls)
+    assert [name for name, _ in calls] == stages
+    assert dict(calls)["ppo"] == dict(calls)["demos"] == ["--overwrite_output_dir", "true"] and dict(calls)["bc"] == []
     assert set(result["timings"]) == set(stages)
     assert json.loads((tmp_path / "runs" / "toy" / "pipeline.json").read_text()).keys() == set(stages)
 
@@ -57,8 +60,7 @@ def test_stages_run_once_then_skip_and_a_rerun_redoes_what_follows(fake_stages, 
 
     (tmp_path / "runs" / "toy" / "demos" / "summary.json").unlink()
     pipeline.run_pipeline(str(recipe), stages=stages)
-    assert [name for name, _ in calls] == ["demos", "reward", "ppo", "eval"]  # the missing stage and everything after it
-    assert dict(calls)["ppo"] == ["--overwrite_output_dir", "true"]  # a stage that refuses to overwrite is told to
+    assert [name for name, _ in calls] == ["demos", "reward", "ppo", "eval"]  # the unfinished stage and everything after it
 
     calls.clear()
     pipeline.run_pipeline(str(recipe), stages=stages, force=True)
