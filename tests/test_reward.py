@@ -242,7 +242,7 @@ def trained_run(tmp_path_factory, demonstrations):
     demonstrations.save_to_disk(str(run_dir / "demos" / "demonstrations"))
     script = reward_script()
     overrides = ["--run_dir", str(run_dir), "--output_dir", str(run_dir / "reward"), "--codebook_size", str(TOY_CODES)]
-    overrides += ["--num_train_pairs", "1280", "--num_eval_pairs", "200", "--num_train_epochs", "3", "--disable_tqdm", "true"]
+    overrides += ["--num_train_pairs", "1280", "--num_eval_pairs", "200", "--num_train_epochs", "3", "--eval_strategy", "epoch", "--disable_tqdm", "true"]
     # One thread: this model is too small to gain from two, and a busy machine makes OpenMP threads spin.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
