@@ -114,8 +114,7 @@ def run_pipeline(recipe: str, *, music: str | None = None, seconds: float | None
         timings[stage.name] = round(time.perf_counter() - started, 1)
         print(f"[{number}/{total}] {stage.name}: done in {timings[stage.name]:.1f} s", flush=True)
         redo = True  # every later stage read what this one wrote
-        with atomic_file(timings_file, "w") as handle:
-            handle.write(json.dumps(timings, indent=2) + "\n")
+        _save_timings(timings_file, timings)
     video = None
     if "dance" in selected:
         video = run_dir / DANCE_FOLDER / f"{music_path.stem}.mp4"
@@ -126,10 +125,14 @@ def run_pipeline(recipe: str, *, music: str | None = None, seconds: float | None
             started = time.perf_counter()
             video = dance_stage(run_dir, music_path, seconds)
             timings["dance"] = round(time.perf_counter() - started, 1)
-            with atomic_file(timings_file, "w") as handle:
-                handle.write(json.dumps(timings, indent=2) + "\n")
+            _save_timings(timings_file, timings)
     table = _report(run_dir, video)
     return {"timings": timings, "table": table, "video": str(video) if video else None}
+
+
+def _save_timings(path: Path, timings: dict[str, float]) -> None:
+    with atomic_file(path, "w") as handle:
+        handle.write(json.dumps(timings, indent=2) + "\n")
 
 
 def _report(run_dir: Path, video: Path | None) -> dict[str, Any] | None:
