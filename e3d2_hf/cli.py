@@ -14,7 +14,7 @@ import sys
 from e3d2_hf.utils import E3D2Error
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "prepare": ("e3d2_hf.data.build", "AIST++ or the embedded synthetic default -> datasets on disk"),
+    "prepare": ("e3d2_hf.data.prepare", "AIST++ or the embedded synthetic default -> datasets on disk"),
     "metrics": ("e3d2_hf.metrics.protocol", "the paper's Table 1 metrics for a folder of dances"),
     "dance": ("e3d2_hf.inference", "make a trained policy dance to a music file"),
     "launch": ("e3d2_hf.launch", "start a stage script as N real processes (gloo ranks on CPU, one per GPU)"),

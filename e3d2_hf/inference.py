@@ -105,7 +105,7 @@ def load_policy(model: str | os.PathLike) -> Any:
 
 def standing_start_pose(frames: int = 8) -> np.ndarray:
     """The SMPL male rest pose standing on the floor (lowest joint at y = 0), repeated for `frames` frames."""
-    from e3d2_hf.skeleton import rest_joints
+    from e3d2_hf.motion.skeleton import rest_joints
 
     pose = rest_joints("male").astype(np.float32)
     pose = pose - np.array([pose[0, 0], pose[:, 1].min(), pose[0, 2]], dtype=np.float32)
@@ -122,7 +122,7 @@ def ground_dance(joints: np.ndarray, fps: float = MOTION_FPS) -> np.ndarray:
     """
     from scipy.ndimage import median_filter, uniform_filter1d
 
-    from e3d2_hf.skeleton import SMPL_JOINT_NAMES
+    from e3d2_hf.motion.skeleton import SMPL_JOINT_NAMES
 
     feet = [SMPL_JOINT_NAMES.index(name) for name in ("left_ankle", "right_ankle", "left_foot", "right_foot")]
     window = max(1, int(round(fps)))

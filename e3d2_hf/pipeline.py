@@ -53,13 +53,13 @@ class Stage:
 
 OVERWRITE = ("--overwrite_output_dir", "true")
 STAGES = (
-    Stage("prepare", "e3d2_hf.data.build", "PrepareConfig", "prepare_from_config", "data/manifest.json"),
+    Stage("prepare", "e3d2_hf.data.prepare", "PrepareConfig", "prepare_from_config", "data/manifest.json"),
     Stage("vqvae", "e3d2_hf.trainers.vqvae", "VQVAETrainingConfig", "train_vqvae", "vqvae/eval.json"),
     Stage("bc", "e3d2_hf.trainers.bc", "BCTrainingConfig", "train_bc", "bc/diagnostics.json"),
     Stage("demos", "e3d2_hf.trainers.demos", "DemosConfig", "generate_demonstrations", "demos/summary.json", OVERWRITE),
-    Stage("reward", "e3d2_hf.trainers.reward", "RewardTrainingConfig", "train_reward_model", "reward/diagnostics.json"),
+    Stage("reward", "e3d2_hf.trainers.reward_model", "RewardTrainingConfig", "train_reward_model", "reward/diagnostics.json"),
     Stage("ppo", "e3d2_hf.trainers.ppo", "PPOConfig", "train_ppo", "ppo/summary.json", OVERWRITE),
-    Stage("eval", "e3d2_hf.evaluation", "EvalConfig", "evaluate_run", "eval/metrics.json"),
+    Stage("eval", "e3d2_hf.evaluation.table_1", "EvalConfig", "evaluate_run", "eval/metrics.json"),
 )
 STAGE_NAMES = [stage.name for stage in STAGES] + ["dance"]
 
@@ -137,7 +137,7 @@ def _save_timings(path: Path, timings: dict[str, float]) -> None:
 
 def _report(run_dir: Path, video: Path | None) -> dict[str, Any] | None:
     """Print Table 1 of the run (RUN/eval/metrics.json) and where the video is."""
-    from e3d2_hf.evaluation import METRICS_FILE, format_table_1
+    from e3d2_hf.evaluation.table_1 import METRICS_FILE, format_table_1
 
     metrics_file = run_dir / "eval" / METRICS_FILE
     table = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None

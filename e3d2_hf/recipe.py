@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import yaml
-from transformers import HfArgumentParser
 
 from e3d2_hf.utils import E3D2Error
 
@@ -49,6 +48,73 @@ def load_recipe(path: str | os.PathLike) -> dict[str, Any]:
         if key not in RUN_KEYS and not isinstance(value, dict):
             raise E3D2Error(f"{path}: top-level key '{key}' is neither a run setting {RUN_KEYS} nor a stage section")
     return recipe
+
+
+@dataclasses.dataclass(frozen=True)
+class RunLayout:
+    """Every path of a run folder, in one place: each stage reads its inputs and writes its outputs here."""
+
+    root: Path
+
+    def __init__(self, root: str | os.PathLike):
+        object.__setattr__(self, "root", Path(root))
+
+    @property
+    def data(self) -> Path:
+        """Prepared datasets (Arrow) + manifest.json (stage 0)."""
+        return self.root / "data"
+
+    @property
+    def pose_codes(self) -> Path:
+        """The prepared data encoded by the VQ-VAE, cached for the stages after it."""
+        return self.root / "pose_codes"
+
+    @property
+    def vqvae(self) -> Path:
+        return self.root / "vqvae"
+
+    @property
+    def bc(self) -> Path:
+        """The behaviour-cloning policy (with its vqvae/)."""
+        return self.root / "bc"
+
+    @property
+    def demos(self) -> Path:
+        return self.root / "demos"
+
+    @property
+    def demonstrations(self) -> Path:
+        """The ranked demonstrations themselves (a `datasets.DatasetDict`)."""
+        return self.demos / "demonstrations"
+
+    @property
+    def reward(self) -> Path:
+        """The reward model (stage 3)."""
+        return self.root / "reward"
+
+    @property
+    def ppo(self) -> Path:
+        """PPO's checkpoints, logs and final policy."""
+        return self.root / "ppo"
+
+    @property
+    def ppo_policy(self) -> Path:
+        """The E3D2 policy PPO made."""
+        return self.ppo / "policy"
+
+    @property
+    def eval(self) -> Path:
+        return self.root / "eval"
+
+    @property
+    def dance(self) -> Path:
+        """The pipeline's closing dance (BC | E3D2 side by side)."""
+        return self.eval / "dance"
+
+    @property
+    def timings(self) -> Path:
+        """Wall time of every pipeline stage."""
+        return self.root / "pipeline.json"
 
 
 def run_dir_of(recipe: dict[str, Any]) -> Path:
@@ -78,6 +144,8 @@ def parse_recipe(config_cls: type[ConfigT], section: str, argv: list[str] | None
     for name, value in implied.items():
         if name in field_names and name not in values and value is not None:
             values[name] = value
+    from transformers import HfArgumentParser  # imported on use: `e3d2 --help` loads no torch
+
     parser = HfArgumentParser(config_cls)
     parser.set_defaults(**values)
     try:

@@ -5,7 +5,7 @@
 
 import sys
 
-from e3d2_hf.evaluation import EvalConfig, evaluate_run
+from e3d2_hf.evaluation.table_1 import EvalConfig, evaluate_run
 from e3d2_hf.recipe import run_stage
 
 

@@ -5,7 +5,7 @@
 
 import sys
 
-from e3d2_hf.data.build import PrepareConfig, prepare_from_config
+from e3d2_hf.data.prepare import PrepareConfig, prepare_from_config
 from e3d2_hf.recipe import run_stage
 
 

@@ -5,7 +5,7 @@
 
 import sys
 
-from e3d2_hf.trainers.reward import RewardTrainingConfig, train_reward_model
+from e3d2_hf.trainers.reward_model import RewardTrainingConfig, train_reward_model
 from e3d2_hf.recipe import run_stage
 
 

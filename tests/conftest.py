@@ -18,7 +18,7 @@ from e3d2_hf.models.configuration_policy import PolicyConfig
 from e3d2_hf.models.configuration_vqvae import VQVAEConfig
 from e3d2_hf.models.modeling_policy import E3D2PolicyModel
 from e3d2_hf.models.modeling_vqvae import E3D2VQVAE
-from e3d2_hf.skeleton import forward_kinematics
+from e3d2_hf.motion.skeleton import forward_kinematics
 
 MUSIC_DIM = 438
 

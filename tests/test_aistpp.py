@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from e3d2_hf.data import aistpp
-from e3d2_hf.skeleton import forward_kinematics, rest_joints
+from e3d2_hf.motion.skeleton import forward_kinematics, rest_joints
 from e3d2_hf.utils import E3D2Error
 
 NAMES = {

@@ -15,7 +15,7 @@ import yaml
 from transformers import AutoModelForCausalLM
 
 import e3d2_hf  # noqa: F401  (registers the policy with AutoModelForCausalLM)
-from e3d2_hf.data import codes as pose_codes
+from e3d2_hf.trainers import pose_codes
 from e3d2_hf.data.music import BEAT_COLUMN
 from e3d2_hf.data.windows import SequenceWindows
 from e3d2_hf.models.configuration_vqvae import VQVAEConfig

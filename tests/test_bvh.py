@@ -21,7 +21,7 @@ from e3d2_hf.render.export import (
     matrix_to_euler_zxy,
     save_bvh,
 )
-from e3d2_hf.skeleton import (
+from e3d2_hf.motion.skeleton import (
     SMPL_JOINT_NAMES,
     SMPL_PARENTS,
     axis_angle_to_matrix,

@@ -149,7 +149,7 @@ def _write_prepared_dataset(folder, clips: dict[str, np.ndarray], beat_every: in
     """A prepared dataset folder (as `e3d2 prepare` writes it) holding `clips`, one-hot beats every `beat_every` frames."""
     import datasets
 
-    from e3d2_hf.data.build import dataset_features
+    from e3d2_hf.data.prepare import dataset_features
     from e3d2_hf.data.music import BEAT_COLUMN, MUSIC_FEATURE_DIM
 
     names = list(clips)

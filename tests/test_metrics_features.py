@@ -11,7 +11,7 @@ from e3d2_hf.metrics import kinetic_features, manual_features
 from e3d2_hf.metrics.features import HIP_WIDTH, HUMERUS_LENGTH, MANUAL_FEATURES, SHOULDER_WIDTH, validate_joints
 from e3d2_hf.metrics.protocol import generated_protocol_clip
 from e3d2_hf.metrics.reference import kinetic_features_per_frame, manual_features_per_frame, random_dance
-from e3d2_hf.skeleton import rest_joints
+from e3d2_hf.motion.skeleton import rest_joints
 from e3d2_hf.utils import E3D2Error
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

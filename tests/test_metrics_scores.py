@@ -21,7 +21,7 @@ from e3d2_hf.metrics import (
 from e3d2_hf.metrics.protocol import beat_frame_indices, generated_protocol_clip, resample_to_protocol_fps
 from e3d2_hf.metrics.reference import random_dance
 from e3d2_hf.metrics.scores import normalise_by_ground_truth
-from e3d2_hf.skeleton import rest_joints
+from e3d2_hf.motion.skeleton import rest_joints
 from e3d2_hf.utils import E3D2Error
 
 

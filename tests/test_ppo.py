@@ -27,9 +27,9 @@ from e3d2_hf.models.modeling_reward import E3D2RewardModel
 from e3d2_hf.models.modeling_vqvae import E3D2VQVAE
 from e3d2_hf.recipe import parse_recipe, run_stage
 from e3d2_hf.trainers import ppo
-from e3d2_hf.trainers.environment import Episodes, MusicSegments
+from e3d2_hf.rl.environment import Episodes, MusicSegments
 from e3d2_hf.trainers.ppo import PPOConfig, PPOTrainer, train_ppo
-from e3d2_hf.trainers.rewards import BeatAlignmentReward, LearnedReward, RewardFunction, RewardNormalization
+from e3d2_hf.rl.rewards import BeatAlignmentReward, LearnedReward, RewardFunction, RewardNormalization
 from e3d2_hf.utils import E3D2Error
 
 from conftest import dance_like_joints, write_prepared

@@ -13,7 +13,8 @@ import pytest
 import soundfile
 
 from e3d2_hf.cli import main
-from e3d2_hf.data import aistpp, build, music
+from e3d2_hf.data import aistpp, music
+from e3d2_hf.data import prepare as build
 from e3d2_hf.utils import E3D2Error, file_sha256
 
 SAMPLE_RATE = 22050

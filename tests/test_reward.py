@@ -21,7 +21,7 @@ from e3d2_hf.data.demonstrations import (
 )
 from e3d2_hf.models.configuration_reward import RewardModelConfig
 from e3d2_hf.models.modeling_reward import E3D2RewardModel
-from e3d2_hf.trainers.reward import bradley_terry_loss
+from e3d2_hf.trainers.reward_model import bradley_terry_loss
 from e3d2_hf.utils import E3D2Error
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ from scipy.ndimage import gaussian_filter1d
 from e3d2_hf.data import aistpp, music
 from e3d2_hf.data import synthetic as synth
 from e3d2_hf.metrics.scores import beat_align_score, kinematic_beats
-from e3d2_hf.skeleton import axis_angle_to_matrix, forward_kinematics
+from e3d2_hf.motion.skeleton import axis_angle_to_matrix, forward_kinematics
 
 NUM_SEQUENCES = 20
 SECONDS = (6.0, 8.0)

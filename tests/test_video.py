@@ -14,7 +14,7 @@ from conftest import dance_like_joints
 from PIL import Image
 
 from e3d2_hf.render import video
-from e3d2_hf.skeleton import forward_kinematics
+from e3d2_hf.motion.skeleton import forward_kinematics
 from e3d2_hf.utils import E3D2Error
 
 MUSIC_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "music"

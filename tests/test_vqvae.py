@@ -18,7 +18,7 @@ from e3d2_hf.data.windows import SequenceWindows, sliding_windows, window_index
 from e3d2_hf.models.configuration_vqvae import VQVAEConfig
 from e3d2_hf.models.modeling_vqvae import E3D2VQVAE
 from e3d2_hf.recipe import parse_recipe
-from e3d2_hf.skeleton import forward_kinematics
+from e3d2_hf.motion.skeleton import forward_kinematics
 from e3d2_hf.trainers import vqvae as vqvae_trainer
 from e3d2_hf.utils import E3D2Error
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from e3d2_hf.skeleton import NUM_JOINTS, forward_kinematics
+from e3d2_hf.motion.skeleton import NUM_JOINTS, forward_kinematics
 from e3d2_hf.utils import E3D2Error, safe_load_pickle
 
 logger = logging.getLogger(__name__)

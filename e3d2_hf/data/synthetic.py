@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-from e3d2_hf.skeleton import axis_angle_to_matrix, forward_kinematics, rest_joints
+from e3d2_hf.motion.skeleton import axis_angle_to_matrix, forward_kinematics, rest_joints
 
 FPS = 60
 SAMPLE_RATE = 22050

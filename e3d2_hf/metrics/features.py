@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from e3d2_hf.skeleton import NUM_JOINTS, rest_joints
+from e3d2_hf.motion.skeleton import NUM_JOINTS, rest_joints
 from e3d2_hf.utils import E3D2Error
 
 # Bump whenever any feature's value changes: it keys the cached ground-truth features.

@@ -430,7 +430,7 @@ def load_dance_folder(folder: str | Path, up_axis: str = "auto", what: str = "da
 
 def load_prepared_dances(folder: str | Path, with_beats: bool = False) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
     """All sequences (train + val + test) of a prepared dataset, and their music beat tracks if asked."""
-    from e3d2_hf.data.build import load_prepared
+    from e3d2_hf.data.prepare import load_prepared
     from e3d2_hf.data.music import BEAT_COLUMN
 
     dataset_dict = load_prepared(folder)

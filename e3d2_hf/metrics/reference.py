@@ -20,7 +20,7 @@ from e3d2_hf.metrics.features import (
     REFERENCE_JOINT_NAMES,
     validate_joints,
 )
-from e3d2_hf.skeleton import rest_joints
+from e3d2_hf.motion.skeleton import rest_joints
 
 
 def random_dance(rng: np.random.Generator, num_frames: int, wobble: float = 0.004, travel: float = 0.01) -> np.ndarray:

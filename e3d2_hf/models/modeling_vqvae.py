@@ -54,7 +54,7 @@ from transformers.utils import ModelOutput
 from vector_quantize_pytorch import VectorQuantize
 
 from e3d2_hf.models.configuration_vqvae import VQVAEConfig
-from e3d2_hf.skeleton import LOWER_BODY_JOINTS, NUM_JOINTS, UPPER_BODY_JOINTS
+from e3d2_hf.motion.skeleton import LOWER_BODY_JOINTS, NUM_JOINTS, UPPER_BODY_JOINTS
 from e3d2_hf.utils import E3D2Error
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from e3d2_hf.skeleton import NUM_JOINTS, SMPL_JOINT_NAMES, SMPL_PARENTS, rest_joints
+from e3d2_hf.motion.skeleton import NUM_JOINTS, SMPL_JOINT_NAMES, SMPL_PARENTS, rest_joints
 from e3d2_hf.utils import E3D2Error, atomic_file
 
 BVH_UNITS_PER_METRE = 100.0  # save_bvh writes centimetres

@@ -32,7 +32,7 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy.ndimage import gaussian_filter1d
 from tqdm.auto import tqdm
 
-from e3d2_hf.skeleton import NUM_JOINTS, SMPL_JOINT_NAMES, SMPL_PARENTS
+from e3d2_hf.motion.skeleton import NUM_JOINTS, SMPL_JOINT_NAMES, SMPL_PARENTS
 from e3d2_hf.utils import E3D2Error, atomic_file
 
 # Frame rate of the video per format when `render_fps` is None: the 60 fps motion sub-sampled to

@@ -3,7 +3,7 @@
 Bailando's recipe (lisiyao21/Bailando `configs/cc_motion_gpt.yaml`, ../shared/docs/bailando-reference.md),
 which E3D2 keeps for its behaviour-cloning policy (paper appendix, "Behavior Cloning"):
 
-- Data: the VQ-VAE's pose codes of every training dance (`e3d2_hf.data.codes`, encoded once and
+- Data: the VQ-VAE's pose codes of every training dance (`e3d2_hf.trainers.pose_codes`, encoded once and
   cached in `RUN/pose_codes`), cut into windows of 30 steps (Bailando: 240 frames) every step
   (Bailando: every 8 frames). A window gives inputs steps 0..28 with music frames 1..29 and targets
   steps 1..29 (`dance_to_inputs`); loss CE(upper) + CE(lower), the model's own.
@@ -47,13 +47,14 @@ from tqdm.auto import tqdm
 from transformers import TrainingArguments, set_seed
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType, get_last_checkpoint
 
-from e3d2_hf.data.build import load_prepared
-from e3d2_hf.data.codes import POSE_CODES_DIR, check_codebooks_initialised, code_sequences, load_or_encode_codes, vqvae_fingerprint
+from e3d2_hf.data.prepare import load_prepared
+from e3d2_hf.trainers.pose_codes import POSE_CODES_DIR, check_codebooks_initialised, code_sequences, load_or_encode_codes, vqvae_fingerprint
 from e3d2_hf.data.windows import SequenceWindows
 from e3d2_hf.models.configuration_policy import PolicyConfig
 from e3d2_hf.models.modeling_policy import E3D2PolicyModel, dance_to_inputs
 from e3d2_hf.models.modeling_vqvae import E3D2VQVAE
-from e3d2_hf.trainers.step_decay import StepDecayTrainer
+from e3d2_hf.trainers.base import StepDecayTrainer
+from e3d2_hf.recipe import RunLayout
 from e3d2_hf.utils import E3D2Error, atomic_directory, atomic_file
 
 logger = logging.getLogger(__name__)
@@ -131,12 +132,12 @@ class BCTrainingConfig(TrainingArguments):
     label_names: list[str] | None = field(default_factory=lambda: ["upper_labels", "lower_labels"])
 
     def __post_init__(self):
-        run_dir = Path(self.run_dir)
+        run = RunLayout(self.run_dir)
         if self.output_dir is None:
-            self.output_dir = str(run_dir / "bc")
-        self.data_path = self.data_path or str(run_dir / "data")
-        self.vqvae_path = self.vqvae_path or str(run_dir / "vqvae")
-        self.codes_path = self.codes_path or str(run_dir / POSE_CODES_DIR)
+            self.output_dir = str(run.bc)
+        self.data_path = self.data_path or str(run.data)
+        self.vqvae_path = self.vqvae_path or str(run.vqvae)
+        self.codes_path = self.codes_path or str(run.pose_codes)
         if self.window < 2 or self.window_stride < 1:
             raise E3D2Error(f"bc: window must be at least 2 steps and window_stride positive, got {self.window}, {self.window_stride}")
         if self.window - 1 > self.context_length:

@@ -37,12 +37,13 @@ import torch
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
-from e3d2_hf.data.build import load_prepared
-from e3d2_hf.data.codes import load_or_encode_codes
+from e3d2_hf.data.prepare import load_prepared
+from e3d2_hf.trainers.pose_codes import load_or_encode_codes
 from e3d2_hf.data.demonstrations import DEMONSTRATION_SPLITS, demonstration_features
 from e3d2_hf.models.modeling_policy import E3D2PolicyModel
 from e3d2_hf.trainers.distributed import make_accelerator, seed_of
 from e3d2_hf.trainers.loading import load_policy
+from e3d2_hf.recipe import RunLayout
 from e3d2_hf.utils import E3D2Error, atomic_directory, atomic_file
 
 logger = logging.getLogger(__name__)
@@ -79,10 +80,10 @@ class DemosConfig:
     mixed_precision: str = "no"
 
     def __post_init__(self):
-        run_dir = Path(self.run_dir)
-        self.output_dir = self.output_dir or str(run_dir / "demos")
-        self.policy_path = self.policy_path or str(run_dir / "bc")
-        self.data_path = self.data_path or str(run_dir / "data")
+        run = RunLayout(self.run_dir)
+        self.output_dir = self.output_dir or str(run.demos)
+        self.policy_path = self.policy_path or str(run.bc)
+        self.data_path = self.data_path or str(run.data)
         problems = []
         levels = [float(level) for level in self.noise_levels]
         if len(set(levels)) < 2 or any(not 0.0 <= level <= 1.0 for level in levels):
@@ -116,7 +117,7 @@ class Piece:
 
 
 def pieces_of(codes: datasets.Dataset, max_steps: int | None) -> list[Piece]:
-    """The pieces of a pose-code split (`e3d2_hf.data.codes`), each cut to `max_steps`."""
+    """The pieces of a pose-code split (`e3d2_hf.trainers.pose_codes`), each cut to `max_steps`."""
     table = codes.with_format("numpy", columns=["name", "music_id", "upper_codes", "lower_codes", "music_features_7p5"])
     pieces = []
     for row in table:

@@ -10,9 +10,9 @@ One PPO step (`PPOTrainer.train`):
    AIST++), drawn from a reshuffled stream of all segments (train shuffle on), split evenly over
    the processes. For each: initial codes a_0 from the data, the policy samples a_1..a_29
    (temperature / top-k from the recipe, no eps noise), deterministic transitions
-   (`e3d2_hf.trainers.environment`). Then, with the same sampling settings:
+   (`e3d2_hf.rl.environment`). Then, with the same sampling settings:
        log pi_old(a_t|s_t), log pi_BC(a_t|s_t) (frozen BC policy), V(s_t).
-2. Rewards: the task reward (`e3d2_hf.trainers.rewards`: the learned return at the last step,
+2. Rewards: the task reward (`e3d2_hf.rl.rewards`: the learned return at the last step,
    paper Eq. 4, or Bailando's beat reward), optionally normalised, plus the per-step KL penalty
        r_t = r_task,t - beta * (log pi_old(a_t|s_t) - log pi_BC(a_t|s_t))          (RLHF, method.md)
    beta fixed (paper 5e-3) or adapted towards `kl_target` (Ziegler et al. 2019). The logged `kl` is
@@ -38,7 +38,7 @@ policy's first `value_shared_layers` blocks (paper 6), then has its own `value_n
 log-probs must equal the rollout's; the saved config keeps the BC values).
 
 Reads RUN/bc (policy + its VQ-VAE), RUN/reward, RUN/data and the shared pose-code cache RUN/pose_codes
-(`e3d2_hf.data.codes`, encoded there with the policy's VQ-VAE when missing or stale).
+(`e3d2_hf.trainers.pose_codes`, encoded there with the policy's VQ-VAE when missing or stale).
 Outputs in `output_dir` (RUN/ppo):
     checkpoints/checkpoint-NNNNNN/  model.safetensors (policy + value network), optimizer.pt,
                            rng_state.pt, trainer_state.json; written atomically, the last
@@ -82,20 +82,21 @@ from safetensors.torch import load_file, save_file
 from transformers import set_seed
 from trl.trainer.utils import disable_dropout_in_model, entropy_from_logits, selective_log_softmax
 
-from e3d2_hf.data.codes import load_or_encode_codes
+from e3d2_hf.trainers.pose_codes import load_or_encode_codes
 from e3d2_hf.models.modeling_policy import E3D2PolicyModel
 from e3d2_hf.models.value import PolicyWithValueHead, ValueHead
 from e3d2_hf.trainers import distributed
 from e3d2_hf.trainers.distributed import seed_of
 from e3d2_hf.trainers.loading import load_policy, load_reward_model
-from e3d2_hf.trainers.environment import Episodes, HeldOutPieces, MusicSegments
-from e3d2_hf.trainers.rewards import (
+from e3d2_hf.rl.environment import Episodes, HeldOutPieces, MusicSegments
+from e3d2_hf.rl.rewards import (
     BAILANDO_BEAT_REWARD,
     BeatAlignmentReward,
     LearnedReward,
     RewardFunction,
     RewardNormalization,
 )
+from e3d2_hf.recipe import RunLayout
 from e3d2_hf.utils import E3D2Error, atomic_directory, atomic_file
 
 logger = logging.getLogger(__name__)
@@ -190,11 +191,11 @@ class PPOConfig:
     mixed_precision: str = "no"
 
     def __post_init__(self):
-        run_dir = Path(self.run_dir)
-        self.output_dir = self.output_dir or str(run_dir / "ppo")
-        self.policy_path = self.policy_path or str(run_dir / "bc")
-        self.reward_model_path = self.reward_model_path or str(run_dir / "reward")
-        self.data_path = self.data_path or str(run_dir / "data")
+        run = RunLayout(self.run_dir)
+        self.output_dir = self.output_dir or str(run.ppo)
+        self.policy_path = self.policy_path or str(run.bc)
+        self.reward_model_path = self.reward_model_path or str(run.reward)
+        self.data_path = self.data_path or str(run.data)
         problems = []
         if self.reward not in REWARDS:
             problems.append(f"reward must be one of {REWARDS}, got {self.reward!r}")
@@ -1081,7 +1082,7 @@ def _tracker_config(config: PPOConfig) -> dict[str, Any]:
 # ==============================================================================================
 def train_ppo(config: PPOConfig) -> Path:
     """Stage 4 from a run folder: BC policy + reward + prepared data -> `config.output_dir` (RUN/ppo); returns it."""
-    from e3d2_hf.data.build import load_prepared
+    from e3d2_hf.data.prepare import load_prepared
 
     accelerator = make_accelerator(config)
     try:  # a process that stops (even on an error) leaves the process group cleanly, not with gloo's abort

@@ -41,8 +41,9 @@ from transformers.trainer_utils import IntervalStrategy, SaveStrategy, Scheduler
 from e3d2_hf.data.windows import SequenceWindows, split_columns
 from e3d2_hf.models.configuration_vqvae import VQVAEConfig
 from e3d2_hf.models.modeling_vqvae import E3D2VQVAE
-from e3d2_hf.skeleton import NUM_JOINTS
-from e3d2_hf.trainers.step_decay import StepDecayTrainer
+from e3d2_hf.motion.skeleton import NUM_JOINTS
+from e3d2_hf.trainers.base import StepDecayTrainer
+from e3d2_hf.recipe import RunLayout
 from e3d2_hf.utils import E3D2Error, atomic_directory, atomic_file
 
 logger = logging.getLogger(__name__)
@@ -121,9 +122,9 @@ class VQVAETrainingConfig(TrainingArguments):
 
     def __post_init__(self):
         if self.output_dir is None:
-            self.output_dir = str(Path(self.run_dir) / "vqvae")
+            self.output_dir = str(RunLayout(self.run_dir).vqvae)
         if self.data_path is None:
-            self.data_path = str(Path(self.run_dir) / "data")
+            self.data_path = str(RunLayout(self.run_dir).data)
         frames_per_code = 2**self.downsampling_layers
         if self.window < frames_per_code or self.window % frames_per_code:
             raise E3D2Error(f"vqvae: window must be a positive multiple of {frames_per_code} frames, got {self.window}")
@@ -196,8 +197,8 @@ def collate_windows(features: list[dict[str, np.ndarray]]) -> dict[str, torch.Te
 
 
 def load_prepared_dataset(data_path: str | Path) -> Any:
-    """The prepared DatasetDict (`e3d2_hf.data.build.load_prepared`, which checks its splits and columns)."""
-    from e3d2_hf.data.build import load_prepared  # imported on use: the audio stack it pulls in is not needed to import this module
+    """The prepared DatasetDict (`e3d2_hf.data.prepare.load_prepared`, which checks its splits and columns)."""
+    from e3d2_hf.data.prepare import load_prepared  # imported on use: the audio stack it pulls in is not needed to import this module
 
     return load_prepared(data_path)
 

@@ -38,8 +38,8 @@ from e3d2_hf.metrics.scores import kinematic_beats
 from e3d2_hf.models.configuration_policy import PolicyConfig
 from e3d2_hf.models.modeling_reward import E3D2RewardModel
 from e3d2_hf.models.modeling_vqvae import E3D2VQVAE
-from e3d2_hf.skeleton import SMPL_JOINT_NAMES
-from e3d2_hf.trainers.environment import Episodes
+from e3d2_hf.motion.skeleton import SMPL_JOINT_NAMES
+from e3d2_hf.rl.environment import Episodes
 from e3d2_hf.utils import E3D2Error
 
 BAILANDO_BEAT_REWARD = 5.0  # lisiyao21/Bailando actor-critic fine-tuning: +5 / -5 per 8-frame window

@@ -40,8 +40,9 @@ import pyarrow.compute as pc
 import torch
 from tqdm.auto import tqdm
 
-from e3d2_hf.data.build import MANIFEST_NAME, load_prepared
+from e3d2_hf.data.prepare import MANIFEST_NAME, load_prepared
 from e3d2_hf.data.music import BEAT_COLUMN
+from e3d2_hf.recipe import RunLayout
 from e3d2_hf.utils import E3D2Error, array_sha256, atomic_directory, file_sha256
 
 if TYPE_CHECKING:  # the data layer only calls the VQ-VAE it is given
@@ -148,8 +149,8 @@ def load_or_encode_codes(
     call it inside `TrainingArguments.main_process_first()` so that only the main process encodes.
     """
     run_dir = Path(run_dir)
-    data_path = Path(data_path) if data_path is not None else run_dir / "data"
-    cache_path = Path(cache_path) if cache_path is not None else run_dir / POSE_CODES_DIR
+    data_path = Path(data_path) if data_path is not None else RunLayout(run_dir).data
+    cache_path = Path(cache_path) if cache_path is not None else RunLayout(run_dir).pose_codes
     prepared = load_prepared(data_path)
     fingerprint = {"vqvae": vqvae_fingerprint(vqvae), "data": prepared_fingerprint(data_path, prepared)}
     try:

@@ -50,6 +50,7 @@ from e3d2_hf.data.demonstrations import (
 )
 from e3d2_hf.models.configuration_reward import RewardModelConfig
 from e3d2_hf.models.modeling_reward import E3D2RewardModel
+from e3d2_hf.recipe import RunLayout
 from e3d2_hf.utils import E3D2Error, atomic_directory
 
 logger = logging.getLogger(__name__)
@@ -107,9 +108,9 @@ class RewardTrainingConfig(TrainingArguments):
 
     def __post_init__(self):
         if self.output_dir is None:
-            self.output_dir = str(Path(self.run_dir) / "reward")
+            self.output_dir = str(RunLayout(self.run_dir).reward)
         if self.demonstrations_path is None:
-            self.demonstrations_path = str(Path(self.run_dir) / "demos" / "demonstrations")
+            self.demonstrations_path = str(RunLayout(self.run_dir).demonstrations)
         if self.snippet_length < 2:
             raise E3D2Error(f"reward: snippet_length must be at least 2 (one step is dropped), got {self.snippet_length}")
         if self.num_train_pairs < 1 or self.num_eval_pairs < 1:

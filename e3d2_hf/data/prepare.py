@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 from e3d2_hf import __version__
 from e3d2_hf.data import music
 from e3d2_hf.data.aistpp import SPLITS, AISTPPSequence, motion_joints, music_id_from_name, read_split
-from e3d2_hf.skeleton import GENDERS, NUM_JOINTS
+from e3d2_hf.motion.skeleton import GENDERS, NUM_JOINTS
+from e3d2_hf.recipe import RunLayout
 from e3d2_hf.utils import E3D2Error, atomic_directory, atomic_file, file_sha256
 
 logger = logging.getLogger(__name__)
@@ -372,7 +373,7 @@ class PrepareConfig:
 def prepare_from_config(config: PrepareConfig) -> Path:
     """Prepare `<run_dir>/data` as the recipe says."""
     return prepare_dataset(
-        Path(config.run_dir) / "data",
+        RunLayout(config.run_dir).data,
         aistpp_dir=config.aistpp,
         music_dir=config.music_dir,
         synthetic_sequences=None if config.aistpp else config.synthetic,

@@ -7,7 +7,7 @@ the segment's first step (the policy does not choose it); the policy chooses a_1
 transition appends the action and advances the music (deterministic). Step t covers motion frames
 8t .. 8t+7 at 60 fps and music row t at 7.5 fps.
 
-The pose codes come from the run's shared cache `RUN/pose_codes` (`e3d2_hf.data.codes`: every
+The pose codes come from the run's shared cache `RUN/pose_codes` (`e3d2_hf.trainers.pose_codes`: every
 prepared dance encoded once, whole, with the VQ-VAE that travels with the behaviour-cloning policy,
 plus its 7.5 fps music and 60 fps beat track, column 53 of the music features, which the
 hand-designed reward needs). Segments are cut from it in memory (`window_index`, one every
@@ -27,7 +27,7 @@ import datasets
 import numpy as np
 import torch
 
-from e3d2_hf.data.codes import code_sequences
+from e3d2_hf.trainers.pose_codes import code_sequences
 from e3d2_hf.data.windows import window_index
 from e3d2_hf.utils import E3D2Error
 
@@ -123,7 +123,7 @@ class MusicSegments:
 
     @classmethod
     def from_codes(cls, codes: datasets.Dataset, segment_steps: int, stride: int, frames_per_step: int) -> MusicSegments:
-        """Segments of a split of `RUN/pose_codes` (`e3d2_hf.data.codes.load_or_encode_codes`)."""
+        """Segments of a split of `RUN/pose_codes` (`e3d2_hf.trainers.pose_codes.load_or_encode_codes`)."""
         sequences = code_sequences(codes)
         if "music_beats" not in codes.column_names:
             raise E3D2Error(f"pose codes: no music_beats column (has {', '.join(codes.column_names)}); encode them again")

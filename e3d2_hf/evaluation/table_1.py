@@ -24,14 +24,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from e3d2_hf.data.build import load_prepared
-from e3d2_hf.data.codes import load_or_encode_codes
+from e3d2_hf.data.prepare import load_prepared
+from e3d2_hf.trainers.pose_codes import load_or_encode_codes
 from e3d2_hf.metrics import evaluate_dances, ground_truth_features
 from e3d2_hf.metrics.protocol import METRIC_KEYS
 from e3d2_hf.trainers.distributed import seed_of
-from e3d2_hf.trainers.environment import Episodes, HeldOutPieces
+from e3d2_hf.rl.environment import Episodes, HeldOutPieces
 from e3d2_hf.trainers.loading import load_policy, load_reward_model
-from e3d2_hf.trainers.rewards import LearnedReward
+from e3d2_hf.rl.rewards import LearnedReward
+from e3d2_hf.recipe import RunLayout
 from e3d2_hf.utils import E3D2Error, atomic_file
 
 logger = logging.getLogger(__name__)
@@ -60,12 +61,12 @@ class EvalConfig:
     seed: int = 0
 
     def __post_init__(self):
-        run_dir = Path(self.run_dir)
-        self.output_dir = self.output_dir or str(run_dir / "eval")
-        self.data_path = self.data_path or str(run_dir / "data")
-        self.bc_path = self.bc_path or str(run_dir / "bc")
-        self.e3d2_path = self.e3d2_path or str(run_dir / "ppo" / "policy")
-        self.reward_model_path = self.reward_model_path or str(run_dir / "reward")
+        run = RunLayout(self.run_dir)
+        self.output_dir = self.output_dir or str(run.eval)
+        self.data_path = self.data_path or str(run.data)
+        self.bc_path = self.bc_path or str(run.bc)
+        self.e3d2_path = self.e3d2_path or str(run.ppo_policy)
+        self.reward_model_path = self.reward_model_path or str(run.reward)
         if self.eval_seconds is not None and self.eval_seconds <= 0:
             raise E3D2Error(f"eval: eval_seconds must be positive (or null), got {self.eval_seconds}")
         if self.batch_size < 1 or self.temperature <= 0:

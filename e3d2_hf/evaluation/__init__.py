@@ -1,0 +1,1 @@
+"""Held-out evaluation of policies and the paper's tables."""
