@@ -254,22 +254,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-bvh", action="store_true", help="do not write BVH files")
 
 
-def run(args: argparse.Namespace) -> int:
-    out = Path(args.out)
+def write_dances(
+    models: list[str],
+    music_path: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    video_format: str = "mp4",
+    bvh: bool = True,
+    **generation: Any,
+) -> tuple[list[Dance], list[Path]]:
+    """Every model's dances to one music file -> npz (+ BVH) each and one video side by side, all in `out` or none.
+
+    `generation` holds the keyword arguments of `generate_dances`. Returns the dances and the files written.
+    """
+    out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise E3D2Error(f"{out}: cannot create the output folder ({exc.strerror or exc})") from exc
     if not os.access(out, os.W_OK):
         raise E3D2Error(f"{out}: output folder is not writable")
-    stem = Path(args.music).stem
-    labels = model_labels(args.model) if len(args.model) > 1 else [""]
+    stem = Path(music_path).stem
+    labels = model_labels(models) if len(models) > 1 else [""]
     named: list[tuple[str, str, Dance]] = []  # (file name, video title, dance)
-    for model, label in zip(args.model, labels):
-        dances = generate_dances(
-            model, args.music, seconds=args.seconds, seed=args.seed, num_dances=args.num_dances, greedy=args.greedy,
-            temperature=args.temperature, top_k=args.top_k, start_pose=args.start_pose, progress=True,
-        )  # fmt: skip
+    for model, label in zip(models, labels):
+        dances = generate_dances(model, music_path, **generation)
         for index, result in enumerate(dances):
             number = [str(index)] if len(dances) > 1 else []
             name = "_".join([stem, *([label] if label else []), *number])
@@ -277,17 +286,24 @@ def run(args: argparse.Namespace) -> int:
     with staged_into(out) as staging:
         for name, _, result in named:
             result.save_npz(staging / f"{name}.npz")
-            if not args.no_bvh:
+            if bvh:
                 result.save_bvh(staging / f"{name}.bvh")
-        if args.format != "none":
+        if video_format != "none":
             from e3d2_hf.render.video import render_video
 
             joints = [result.joints for _, _, result in named]
             titles = [title for _, title, _ in named] if len(named) > 1 else None
-            render_video(staging / f"{stem}.{args.format}", joints if len(named) > 1 else joints[0], fps=MOTION_FPS, music_path=args.music, titles=titles, progress=True)
-        written = sorted(path.name for path in staging.iterdir())
-    seconds = named[0][2].joints.shape[0] / MOTION_FPS
-    print(f"{len(named)} dance(s) of {seconds:.1f} s for {args.music}:")
-    for name in written:
-        print(f"  {out / name}")
+            render_video(staging / f"{stem}.{video_format}", joints if len(named) > 1 else joints[0], fps=MOTION_FPS, music_path=music_path, titles=titles, progress=True)
+        written = sorted(out / path.name for path in staging.iterdir())
+    return [result for _, _, result in named], written
+
+
+def run(args: argparse.Namespace) -> int:
+    dances, written = write_dances(
+        args.model, args.music, args.out, video_format=args.format, bvh=not args.no_bvh, seconds=args.seconds, seed=args.seed,
+        num_dances=args.num_dances, greedy=args.greedy, temperature=args.temperature, top_k=args.top_k, start_pose=args.start_pose, progress=True,
+    )  # fmt: skip
+    print(f"{len(dances)} dance(s) of {dances[0].joints.shape[0] / MOTION_FPS:.1f} s for {args.music}:")
+    for path in written:
+        print(f"  {path}")
     return 0

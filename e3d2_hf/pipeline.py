@@ -22,14 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from e3d2_hf.recipe import load_recipe, parse_recipe, run_dir_of
+from e3d2_hf.recipe import RunLayout, load_recipe, parse_recipe, run_dir_of
 from e3d2_hf.utils import E3D2Error, atomic_file
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TRACK = ("happy", "happy_electronic_1.opus")  # 123 bpm, inside the synthetic genres' 84-132 bpm
-DANCE_FOLDER = "eval/dance"
-TIMINGS_FILE = "pipeline.json"
 
 
 @dataclass(frozen=True)
@@ -76,22 +74,21 @@ def default_music() -> Path:
     return path
 
 
-def dance_stage(run_dir: Path, music: Path, seconds: float | None) -> Path:
+def dance_stage(run: RunLayout, music: Path, seconds: float | None) -> Path:
     """BC and E3D2 side by side to `music`, with npz and BVH of each, into RUN/eval/dance; returns the video."""
-    from e3d2_hf.cli import main as cli
+    from e3d2_hf.inference import write_dances
 
-    models = [str(run_dir / "bc")] + ([str(run_dir / "ppo" / "policy")] if (run_dir / "ppo" / "policy" / "config.json").is_file() else [])
-    command = ["dance", *[flag for model in models for flag in ("--model", model)], "--music", str(music), "--out", str(run_dir / DANCE_FOLDER)]
-    if seconds is not None:
-        command += ["--seconds", str(seconds)]
-    if cli(command) != 0:
-        raise E3D2Error(f"dance: could not dance to {music}")
-    return run_dir / DANCE_FOLDER / f"{music.stem}.mp4"
+    models = [str(run.bc)] + ([str(run.ppo_policy)] if (run.ppo_policy / "config.json").is_file() else [])
+    dances, written = write_dances(models, music, run.dance, seconds=seconds, progress=True)
+    print(f"{len(dances)} dance(s) of {dances[0].joints.shape[0] / dances[0].fps:.1f} s for {music}:")
+    for path in written:
+        print(f"  {path}")
+    return run.dance / f"{music.stem}.mp4"
 
 
 def run_pipeline(recipe: str, *, music: str | None = None, seconds: float | None = None, force: bool = False, stages: list[str] | None = None) -> dict[str, Any]:
     """Run (or continue) every stage of `recipe`; returns {"timings": ..., "table": ..., "video": ...}."""
-    run_dir = run_dir_of(load_recipe(recipe))
+    run = RunLayout(run_dir_of(load_recipe(recipe)))
     selected = stages or STAGE_NAMES
     unknown = sorted(set(selected) - set(STAGE_NAMES))
     if unknown:
@@ -99,14 +96,14 @@ def run_pipeline(recipe: str, *, music: str | None = None, seconds: float | None
     music_path = Path(music) if music else (default_music() if "dance" in selected else None)
     if music_path is not None and not music_path.is_file():
         raise E3D2Error(f"{music_path}: no such music file")
-    timings_file = run_dir / TIMINGS_FILE
+    timings_file = run.timings
     timings: dict[str, float] = json.loads(timings_file.read_text()) if timings_file.is_file() and not force else {}
     redo = force
     total = len(selected)
     for number, stage in enumerate([stage for stage in STAGES if stage.name in selected], start=1):
-        done = (run_dir / stage.done_marker).is_file()
+        done = (run.root / stage.done_marker).is_file()
         if done and not redo:
-            print(f"[{number}/{total}] {stage.name}: done already ({run_dir / stage.done_marker}); --force redoes it", flush=True)
+            print(f"[{number}/{total}] {stage.name}: done already ({run.root / stage.done_marker}); --force redoes it", flush=True)
             continue
         print(f"[{number}/{total}] {stage.name} ...", flush=True)
         started = time.perf_counter()
@@ -117,16 +114,16 @@ def run_pipeline(recipe: str, *, music: str | None = None, seconds: float | None
         _save_timings(timings_file, timings)
     video = None
     if "dance" in selected:
-        video = run_dir / DANCE_FOLDER / f"{music_path.stem}.mp4"
+        video = run.dance / f"{music_path.stem}.mp4"
         if video.is_file() and not redo:
             print(f"[{total}/{total}] dance: done already ({video})", flush=True)
         else:
             print(f"[{total}/{total}] dance to {music_path} ...", flush=True)
             started = time.perf_counter()
-            video = dance_stage(run_dir, music_path, seconds)
+            video = dance_stage(run, music_path, seconds)
             timings["dance"] = round(time.perf_counter() - started, 1)
             _save_timings(timings_file, timings)
-    table = _report(run_dir, video)
+    table = _report(run, video)
     return {"timings": timings, "table": table, "video": str(video) if video else None}
 
 
@@ -135,11 +132,11 @@ def _save_timings(path: Path, timings: dict[str, float]) -> None:
         handle.write(json.dumps(timings, indent=2) + "\n")
 
 
-def _report(run_dir: Path, video: Path | None) -> dict[str, Any] | None:
+def _report(run: RunLayout, video: Path | None) -> dict[str, Any] | None:
     """Print Table 1 of the run (RUN/eval/metrics.json) and where the video is."""
     from e3d2_hf.evaluation.table_1 import METRICS_FILE, format_table_1
 
-    metrics_file = run_dir / "eval" / METRICS_FILE
+    metrics_file = run.eval / METRICS_FILE
     table = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
     print()
     if table is not None:
