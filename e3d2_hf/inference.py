@@ -58,7 +58,7 @@ class Dance:
 
     def save_bvh(self, path: str | os.PathLike) -> Path:
         """The dance as a BVH file for animation tools (written atomically)."""
-        from e3d2_hf.render.export import save_bvh
+        from e3d2_hf.render.bvh import save_bvh
 
         return save_bvh(path, self.joints, self.fps)
 
@@ -169,7 +169,7 @@ def generate_dances(
     """Generate `num_dances` dances for one music file in one batch (seeded: the same call gives the same dances)."""
     from e3d2_hf.data.music import BEAT_COLUMN, music_features
     from e3d2_hf.models.modeling_policy import music_to_joints
-    from e3d2_hf.render.export import fit_skeleton
+    from e3d2_hf.motion.fitting import fit_skeleton
 
     policy = model if hasattr(model, "load_vqvae") else load_policy(model)
     model_id = str(model) if not hasattr(model, "load_vqvae") else str(getattr(policy, "name_or_path", "policy"))

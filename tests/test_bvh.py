@@ -9,24 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from e3d2_hf.render.export import (
-    BVHMotion,
-    axis_rotation,
-    bone_offsets,
-    bvh_to_joints,
-    chain_forward_kinematics,
-    euler_to_matrix,
-    joints_to_rotations,
-    load_bvh,
-    matrix_to_euler_zxy,
-    save_bvh,
-)
-from e3d2_hf.motion.skeleton import (
-    SMPL_JOINT_NAMES,
-    SMPL_PARENTS,
-    axis_angle_to_matrix,
-    forward_kinematics,
-)
+from e3d2_hf.motion.fitting import bone_offsets, joints_to_rotations
+from e3d2_hf.motion.skeleton import SMPL_JOINT_NAMES, SMPL_PARENTS, chain_forward_kinematics, forward_kinematics
+from e3d2_hf.render.bvh import BVHMotion, bvh_to_joints, load_bvh, save_bvh
 from e3d2_hf.utils import E3D2Error
 
 BANDAI_NAMCO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mocap" / "bandai-namco"
@@ -144,25 +129,6 @@ def test_target_fps_resamples_before_solving(tmp_path):
     restored, fps = bvh_to_joints(path)
     assert fps == 30.0 and restored.shape == (31, 24, 3)
     assert max_error(restored, joints[::2]) < 1e-5
-
-
-def test_euler_zxy_round_trip_including_gimbal_lock():
-    rng = np.random.default_rng(4)
-    random = axis_angle_to_matrix(rng.normal(size=(500, 3)) * 2.0)
-    locked_x = np.repeat([90.0, -90.0, 90 - 1e-6, -90 + 1e-6, 89.999], 8)
-    near_lock = euler_to_matrix(np.stack([rng.uniform(-180, 180, 40), locked_x, rng.uniform(-180, 180, 40)], -1))
-    matrices = np.concatenate([random, near_lock])
-    angles = matrix_to_euler_zxy(matrices)
-    assert np.all(np.abs(angles[:, 1]) <= 90.0)
-    np.testing.assert_allclose(euler_to_matrix(angles, "ZXY"), matrices, atol=1e-9)
-    z, x, y = np.radians(angles.T)
-    np.testing.assert_allclose(axis_rotation("Z", z) @ axis_rotation("X", x) @ axis_rotation("Y", y), matrices, atol=1e-9)
-
-
-def test_elementary_rotations_are_right_handed():
-    np.testing.assert_allclose(axis_rotation("Z", np.pi / 2) @ [1, 0, 0], [0, 1, 0], atol=1e-12)
-    np.testing.assert_allclose(axis_rotation("X", np.pi / 2) @ [0, 1, 0], [0, 0, 1], atol=1e-12)
-    np.testing.assert_allclose(axis_rotation("Y", np.pi / 2) @ [0, 0, 1], [1, 0, 0], atol=1e-12)
 
 
 TWO_BONES = """HIERARCHY

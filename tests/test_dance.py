@@ -14,7 +14,7 @@ from PIL import Image
 from e3d2_hf.cli import main
 from e3d2_hf.inference import dance, generate_dances, model_labels, standing_start_pose
 from e3d2_hf.models.modeling_policy import E3D2PolicyModel
-from e3d2_hf.render.export import bvh_to_joints
+from e3d2_hf.render.bvh import bvh_to_joints
 from e3d2_hf.utils import E3D2Error
 
 from conftest import tiny_dancing_policy

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import scipy.sparse
 
-from e3d2_hf import skeleton
+from e3d2_hf.motion import skeleton
 from e3d2_hf.utils import E3D2Error
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -1,10 +1,11 @@
-"""The SMPL 24-joint skeleton and its forward kinematics (axis-angle poses + translation -> joints).
+"""The SMPL 24-joint skeleton and forward kinematics (rotations along a kinematic tree -> joint positions).
 
 AIST++ stores dances as SMPL parameters; every later stage (VQ-VAE, policy, metrics, rendering)
 works on the 24 joint positions. With betas = 0 those positions depend only on the kinematic tree
 and the rest-pose joints, which are carried here as constants so that no licensed SMPL file is
 needed. When the user has the SMPL model files (`smpl_model_dir`), `smplx` computes the joints
-instead; both give the same joints (tests/test_skeleton.py).
+instead; both give the same joints (tests/test_skeleton.py). `chain_forward_kinematics` is the same
+walk down a tree for any skeleton given per-joint matrices and translations (BVH files, fitted dances).
 
 Conventions: joints in SMPL order, metres, y up (as AIST++ stores them), float32 output.
 """
@@ -21,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from e3d2_hf.motion.rotations import axis_angle_to_matrix
 from e3d2_hf.utils import E3D2Error
 
 SMPL_JOINT_NAMES: list[str] = [
@@ -35,6 +37,18 @@ NUM_JOINTS = len(SMPL_JOINT_NAMES)
 SMPL_PARENTS: np.ndarray = np.array(
     [-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21], dtype=np.int64
 )
+
+
+def _children(parents: np.ndarray) -> list[list[int]]:
+    """Each joint's children in joint order: the tree walked downwards (BVH nesting, motion fitting)."""
+    children: list[list[int]] = [[] for _ in parents]
+    for joint, parent in enumerate(parents):
+        if parent >= 0:
+            children[parent].append(joint)
+    return children
+
+
+SMPL_CHILDREN = _children(SMPL_PARENTS)
 
 # Bailando's body halves: one VQ-VAE codebook each.
 LOWER_BODY_JOINTS: list[int] = [0, 1, 2, 4, 5, 7, 8, 10, 11]
@@ -93,19 +107,6 @@ def rest_joints(gender: str = "male") -> np.ndarray:
     return np.array(_BUILTIN_REST_JOINTS[gender], dtype=np.float64)
 
 
-def axis_angle_to_matrix(axis_angle: np.ndarray) -> np.ndarray:
-    """Rodrigues' formula: (..., 3) axis-angle vectors -> (..., 3, 3) rotation matrices."""
-    axis_angle = np.asarray(axis_angle, dtype=np.float64)
-    angle = np.linalg.norm(axis_angle, axis=-1, keepdims=True)
-    axis = np.divide(axis_angle, angle, out=np.zeros_like(axis_angle), where=angle > 0)
-    x, y, z = axis[..., 0], axis[..., 1], axis[..., 2]
-    zeros = np.zeros_like(x)
-    cross = np.stack([zeros, -z, y, z, zeros, -x, -y, x, zeros], axis=-1).reshape(*axis.shape[:-1], 3, 3)
-    sin = np.sin(angle)[..., None]
-    one_minus_cos = (1.0 - np.cos(angle))[..., None]
-    return np.eye(3) + sin * cross + one_minus_cos * (cross @ cross)
-
-
 def _validate_motion(poses: np.ndarray, transl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     poses = np.asarray(poses, dtype=np.float64)
     transl = np.asarray(transl, dtype=np.float64)
@@ -144,6 +145,33 @@ def forward_kinematics(
         global_rotations[:, joint] = global_rotations[:, parent] @ local_rotations[:, joint]
         joints[:, joint] = joints[:, parent] + global_rotations[:, parent] @ parent_offsets[joint]
     return joints.astype(np.float32)
+
+
+def chain_forward_kinematics(
+    local_translations: np.ndarray, local_rotations: np.ndarray, parents: np.ndarray
+) -> np.ndarray:
+    """Joint positions (T, J, 3) from per-joint translations (T, J, 3) or (J, 3) and rotations (T, J, 3, 3).
+
+    Joint j sits at its parent's position plus the parent's global rotation applied to its
+    local translation; the root's translation is its world position. `forward_kinematics` walks
+    the SMPL tree the same way but rotates its fixed offsets with a matrix-vector product, which
+    rounds differently from this einsum in the last bit: the two stay apart so that prepared
+    datasets and exported files keep their exact numbers.
+    """
+    local_rotations = np.asarray(local_rotations, dtype=np.float64)
+    frames, count = local_rotations.shape[:2]
+    translations = np.broadcast_to(np.asarray(local_translations, dtype=np.float64), (frames, count, 3))
+    global_rotations = np.empty_like(local_rotations)
+    positions = np.empty((frames, count, 3))
+    for joint, parent in enumerate(parents):
+        if parent < 0:
+            global_rotations[:, joint] = local_rotations[:, joint]
+            positions[:, joint] = translations[:, joint]
+        else:
+            global_rotations[:, joint] = global_rotations[:, parent] @ local_rotations[:, joint]
+            moved = np.einsum("tij,tj->ti", global_rotations[:, parent], translations[:, joint])
+            positions[:, joint] = positions[:, parent] + moved
+    return positions
 
 
 # --------------------------------------------------------------------------------------------

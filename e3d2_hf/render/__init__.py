@@ -1,1 +1,1 @@
-"""Turning dances into things people watch and use: skeleton videos with the music (`video`), BVH and npz files (`export`)."""
+"""Turning dances into things people watch and use: skeleton videos with the music (`video`), BVH files (`bvh`)."""

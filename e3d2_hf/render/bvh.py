@@ -1,8 +1,8 @@
 """BVH export and import for dances given as SMPL-24 joint positions.
 
 The dance models produce joint positions only, while animation tools (Blender, MotionBuilder,
-game engines) want a skeleton with per-joint rotations. `joints_to_rotations` solves those
-rotations along the kinematic tree, `save_bvh` writes them as a BVH file and `load_bvh` /
+game engines) want a skeleton with per-joint rotations. `save_bvh` writes the rotations that
+`e3d2_hf.motion.fitting` solves along the kinematic tree as a BVH file, and `load_bvh` /
 `bvh_to_joints` read any BVH file back into joint positions.
 
 Conventions: joints in SMPL order, metres, y up. BVH files carry no unit; ours are written in
@@ -19,7 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from e3d2_hf.motion.skeleton import NUM_JOINTS, SMPL_JOINT_NAMES, SMPL_PARENTS, rest_joints
+from e3d2_hf.motion.fitting import bone_offsets, check_joints, joints_to_rotations
+from e3d2_hf.motion.rotations import euler_to_matrix, matrix_to_euler_zxy
+from e3d2_hf.motion.skeleton import SMPL_CHILDREN, SMPL_JOINT_NAMES, chain_forward_kinematics
 from e3d2_hf.utils import E3D2Error, atomic_file
 
 BVH_UNITS_PER_METRE = 100.0  # save_bvh writes centimetres
@@ -28,222 +30,11 @@ JOINT_CHANNELS = ("Zrotation", "Xrotation", "Yrotation")
 END_SITE_FRACTION = 0.5  # a leaf's End Site continues its incoming bone by half that bone's length
 
 
-def _children(parents: np.ndarray) -> list[list[int]]:
-    children: list[list[int]] = [[] for _ in parents]
-    for joint, parent in enumerate(parents):
-        if parent >= 0:
-            children[parent].append(joint)
-    return children
-
-
 def _depth_first(children: list[list[int]], joint: int = 0) -> list[int]:
     return [joint] + [descendant for child in children[joint] for descendant in _depth_first(children, child)]
 
 
-SMPL_CHILDREN = _children(SMPL_PARENTS)
 SMPL_FILE_ORDER = _depth_first(SMPL_CHILDREN)  # BVH nests joints, so a file lists them depth first
-
-
-# --------------------------------------------------------------------------------------------
-# Rotations: elementary axes, Euler angles, minimal rotations and least-squares fits.
-# --------------------------------------------------------------------------------------------
-def axis_rotation(axis: str, angles_radians: np.ndarray) -> np.ndarray:
-    """Rotation matrices (..., 3, 3) about the coordinate axis 'X', 'Y' or 'Z'."""
-    angles_radians = np.asarray(angles_radians, dtype=np.float64)
-    cos, sin = np.cos(angles_radians), np.sin(angles_radians)
-    one, zero = np.ones_like(cos), np.zeros_like(cos)
-    rows = {
-        "X": [one, zero, zero, zero, cos, -sin, zero, sin, cos],
-        "Y": [cos, zero, sin, zero, one, zero, -sin, zero, cos],
-        "Z": [cos, -sin, zero, sin, cos, zero, zero, zero, one],
-    }[axis]
-    return np.stack(rows, axis=-1).reshape(*cos.shape, 3, 3)
-
-
-def euler_to_matrix(angles_degrees: np.ndarray, axes: str = "ZXY") -> np.ndarray:
-    """Intrinsic Euler angles (..., len(axes)) in degrees -> (..., 3, 3), as BVH composes channels.
-
-    `axes` lists the rotation channels in file order, e.g. "ZXY" gives R = Rz @ Rx @ Ry.
-    """
-    angles = np.radians(np.asarray(angles_degrees, dtype=np.float64))
-    matrix = np.broadcast_to(np.eye(3), (*angles.shape[:-1], 3, 3)).copy()
-    for index, axis in enumerate(axes):
-        matrix = matrix @ axis_rotation(axis, angles[..., index])
-    return matrix
-
-
-def matrix_to_euler_zxy(matrices: np.ndarray) -> np.ndarray:
-    """(..., 3, 3) rotations -> (..., 3) degrees (z, x, y) with R = Rz @ Rx @ Ry, x in [-90, 90].
-
-    At gimbal lock (x = +-90 degrees) z and y turn about the same axis; y is then set to 0.
-    """
-    m = np.asarray(matrices, dtype=np.float64)
-    cos_x = np.hypot(m[..., 0, 1], m[..., 1, 1])
-    locked = cos_x < 1e-9
-    x = np.arctan2(m[..., 2, 1], cos_x)
-    z = np.where(locked, np.arctan2(m[..., 1, 0], m[..., 0, 0]), np.arctan2(-m[..., 0, 1], m[..., 1, 1]))
-    y = np.where(locked, 0.0, np.arctan2(-m[..., 2, 0], m[..., 2, 2]))
-    return np.degrees(np.stack([z, x, y], axis=-1))
-
-
-def _minimal_rotation(source: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """Smallest rotations (T, 3, 3) turning the direction `source` (3,) onto each of `targets` (T, 3).
-
-    A zero-length target (two joints on top of each other) has no direction: identity.
-    """
-    source = source / np.linalg.norm(source)
-    lengths = np.linalg.norm(targets, axis=-1, keepdims=True)
-    targets = np.divide(targets, lengths, out=np.broadcast_to(source, targets.shape).copy(), where=lengths > 1e-12)
-    axis = np.cross(source, targets)
-    cos = targets @ source
-    cross = np.zeros((len(targets), 3, 3))
-    cross[:, 0, 1], cross[:, 0, 2], cross[:, 1, 2] = -axis[:, 2], axis[:, 1], -axis[:, 0]
-    cross = cross - cross.transpose(0, 2, 1)
-    opposite = cos < -1.0 + 1e-9
-    scale = np.divide(1.0, 1.0 + cos, out=np.zeros_like(cos), where=~opposite)
-    rotations = np.eye(3) + cross + scale[:, None, None] * (cross @ cross)
-    if opposite.any():  # half turn about any axis perpendicular to the source
-        helper = np.eye(3)[np.argmin(np.abs(source))]
-        half_turn_axis = np.cross(source, helper)
-        half_turn_axis /= np.linalg.norm(half_turn_axis)
-        rotations[opposite] = 2.0 * np.outer(half_turn_axis, half_turn_axis) - np.eye(3)
-    return rotations
-
-
-def _best_rotation(sources: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """Kabsch: rotations (T, 3, 3) minimising sum_k |R @ sources[k] - targets[:, k]|^2, about the joint (no centring)."""
-    covariance = np.einsum("ki,tkj->tij", sources, targets)
-    u, _, vt = np.linalg.svd(covariance)
-    correction = np.broadcast_to(np.eye(3), covariance.shape).copy()
-    correction[:, 2, 2] = np.where(np.linalg.det(vt.transpose(0, 2, 1) @ u.transpose(0, 2, 1)) < 0, -1.0, 1.0)
-    return vt.transpose(0, 2, 1) @ correction @ u.transpose(0, 2, 1)
-
-
-def chain_forward_kinematics(
-    local_translations: np.ndarray, local_rotations: np.ndarray, parents: np.ndarray
-) -> np.ndarray:
-    """Joint positions (T, J, 3) from per-joint translations (T, J, 3) or (J, 3) and rotations (T, J, 3, 3).
-
-    Joint j sits at its parent's position plus the parent's global rotation applied to its
-    local translation; the root's translation is its world position.
-    """
-    local_rotations = np.asarray(local_rotations, dtype=np.float64)
-    frames, count = local_rotations.shape[:2]
-    translations = np.broadcast_to(np.asarray(local_translations, dtype=np.float64), (frames, count, 3))
-    global_rotations = np.empty_like(local_rotations)
-    positions = np.empty((frames, count, 3))
-    for joint, parent in enumerate(parents):
-        if parent < 0:
-            global_rotations[:, joint] = local_rotations[:, joint]
-            positions[:, joint] = translations[:, joint]
-        else:
-            global_rotations[:, joint] = global_rotations[:, parent] @ local_rotations[:, joint]
-            moved = np.einsum("tij,tj->ti", global_rotations[:, parent], translations[:, joint])
-            positions[:, joint] = positions[:, parent] + moved
-    return positions
-
-
-# --------------------------------------------------------------------------------------------
-# Positions -> rotations for the SMPL tree.
-# --------------------------------------------------------------------------------------------
-def _check_joints(joints: np.ndarray, what: str) -> np.ndarray:
-    try:
-        joints = np.asarray(joints, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise E3D2Error(f"{what}: joints are not numbers ({exc})") from exc
-    if joints.ndim != 3 or joints.shape[1:] != (NUM_JOINTS, 3) or len(joints) < 1:
-        raise E3D2Error(f"{what}: joints must have shape (T, {NUM_JOINTS}, 3) with T >= 1, got {joints.shape}")
-    if not np.isfinite(joints).all():
-        raise E3D2Error(f"{what}: joints contain NaN or infinite values")
-    return joints
-
-
-def _rest_offsets(rest: np.ndarray | None) -> np.ndarray:
-    rest = rest_joints("male") if rest is None else np.asarray(rest, dtype=np.float64)
-    if rest.shape != (NUM_JOINTS, 3) or not np.isfinite(rest).all():
-        raise E3D2Error(f"rest skeleton: expected finite joint positions of shape ({NUM_JOINTS}, 3), got {rest.shape}")
-    offsets = rest - rest[np.maximum(SMPL_PARENTS, 0)]
-    if (np.linalg.norm(offsets[1:], axis=-1) < 1e-9).any():
-        raise E3D2Error("rest skeleton: a bone has zero length, so its direction is undefined")
-    return offsets
-
-
-def bone_offsets(joints: np.ndarray, rest: np.ndarray | None = None) -> np.ndarray:
-    """Parent offsets (24, 3) in metres measured from the dance itself (root offset 0).
-
-    Generated dances do not keep the SMPL bone lengths, so a BVH with the rest skeleton's bones
-    could not reach the joints. A bone that is its parent's only child keeps the rest direction
-    (`rest`, default the male SMPL skeleton) with the median length over the frames. The children
-    of a joint with several (pelvis: hips and spine; spine3: neck and collars) also get their
-    directions from the dance, the median of their offsets in the joint's best-fit frame, so
-    that a pelvis shaped differently from the rest one still fits.
-    """
-    joints = _check_joints(joints, "bone offsets")
-    rest_offsets = _rest_offsets(rest)
-    offsets = np.zeros((NUM_JOINTS, 3))
-    for joint, children in enumerate(SMPL_CHILDREN):
-        observed = joints[:, children] - joints[:, joint, None]
-        if len(children) == 1:
-            direction = rest_offsets[children[0]] / np.linalg.norm(rest_offsets[children[0]])
-            offsets[children[0]] = direction * np.median(np.linalg.norm(observed[:, 0], axis=-1))
-        elif len(children) > 1:
-            frames = _best_rotation(rest_offsets[children], observed)
-            offsets[children] = np.median(np.einsum("tji,tkj->tki", frames, observed), axis=0)
-    return offsets
-
-
-def joints_to_rotations(
-    joints: np.ndarray, rest: np.ndarray | None = None, *, offsets: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Root translation (T, 3) = pelvis position in metres, and local rotations (T, 24, 3, 3).
-
-    FK with `offsets` (default `bone_offsets(joints, rest)`) and these rotations gives back the
-    joints; what remains comes from frames whose bone lengths differ from the offsets' (it can
-    add up along a nearly straight chain). Each joint aims its bone at the observed child from
-    where FK has put the joint so far, so that errors do not grow down bent chains. A joint with one child takes the minimal
-    rotation relative to its parent (no twist about the bone: positions carry no twist); a
-    joint with several children takes the least-squares (Kabsch) fit of all of them, which
-    fixes the pelvis' and chest's twist. Leaves (feet, hands, head) get the identity.
-    """
-    joints = _check_joints(joints, "joints to rotations")
-    offsets = bone_offsets(joints, rest) if offsets is None else np.asarray(offsets, dtype=np.float64)
-    if offsets.shape != (NUM_JOINTS, 3):
-        raise E3D2Error(f"bone offsets: expected shape ({NUM_JOINTS}, 3), got {offsets.shape}")
-    frames = len(joints)
-    local_rotations = np.broadcast_to(np.eye(3), (frames, NUM_JOINTS, 3, 3)).copy()
-    global_rotations = local_rotations.copy()
-    positions = np.empty_like(joints)
-    positions[:, 0] = joints[:, 0]
-    for joint, children in enumerate(SMPL_CHILDREN):
-        parent_rotation = global_rotations[:, SMPL_PARENTS[joint]] if joint > 0 else np.eye(3)[None]
-        if not children:
-            global_rotations[:, joint] = parent_rotation
-            continue
-        aims = joints[:, children] - positions[:, joint, None]
-        local_aims = np.einsum("tji,tkj->tki", np.broadcast_to(parent_rotation, (frames, 3, 3)), aims)
-        if len(children) == 1:
-            local_rotations[:, joint] = _minimal_rotation(offsets[children[0]], local_aims[:, 0])
-        else:
-            local_rotations[:, joint] = _best_rotation(offsets[children], local_aims)
-        global_rotations[:, joint] = parent_rotation @ local_rotations[:, joint]
-        bones = np.einsum("tij,kj->tki", global_rotations[:, joint], offsets[children])
-        positions[:, children] = positions[:, joint, None] + bones
-    return joints[:, 0].copy(), local_rotations
-
-
-def fit_skeleton(joints: np.ndarray, rest: np.ndarray | None = None) -> np.ndarray:
-    """The dance on one rigid skeleton: FK of `joints_to_rotations` with the dance's own `bone_offsets`.
-
-    A generated dance's bones stretch a little from frame to frame; a character rig (and a BVH
-    file) cannot. Fitted joints keep every bone at one length, and are exactly what the BVH
-    export carries, so the npz and the BVH of a dance hold the same motion.
-    """
-    joints = _check_joints(joints, "fit skeleton")
-    offsets = bone_offsets(joints, rest)
-    root, rotations = joints_to_rotations(joints, offsets=offsets)
-    translations = np.broadcast_to(offsets, (len(joints), NUM_JOINTS, 3)).copy()
-    translations[:, 0] = root
-    return chain_forward_kinematics(translations, rotations, SMPL_PARENTS).astype(np.float32)
 
 
 def _resample(joints: np.ndarray, fps: float, target_fps: float) -> np.ndarray:
@@ -303,7 +94,7 @@ def save_bvh(
     round. `target_fps` resamples the positions linearly before solving.
     """
     path = Path(path)
-    joints = _check_joints(joints, str(path))
+    joints = check_joints(joints, str(path))
     for name, rate in (("fps", fps), ("target_fps", target_fps)):
         if rate is not None and not (np.isfinite(rate) and rate > 0):
             raise E3D2Error(f"{path}: {name} must be a positive number, got {rate}")

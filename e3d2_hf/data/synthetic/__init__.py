@@ -1,0 +1,62 @@
+"""The embedded default dataset: procedurally composed music and dances that follow it, in the AIST++ layout.
+
+Without AIST++ (not downloadable everywhere, and its music has its own terms), the pipeline still
+needs paired music and motion in which the music *matters*: this generator writes a small dataset
+whose dances are beat-synchronous and genre-dependent, in exactly the layout of the AIST++ download
+(`motions/<sequence>.pkl`, `splits/crossmodal_{train,val,test}.txt`, `ignore_list.txt`,
+`wavs/<music_id>.wav`), so the real reader path runs on it.
+
+Music: each piece has a genre (tempo range, drum pattern and kit, swing, bass line, chord style and
+timbre, key and progression) and a tempo; drums, bass and chords are synthesised at 22050 Hz with
+the kick and snare on the beats, so that librosa's beat tracker finds them.
+
+Dance: choreography as it is taught, one key pose per beat. Every bar (4 beats) the dancer draws a
+lower-body move and an upper-body move from the genre's Markov chains (steps, touches, marches,
+bounces, squats, jumps, kicks, lunges, sways, twists, turns, travels; arm waves, pumps, punches,
+claps, points, reaches, locks, chest pops, shrugs, arm rolls, swings), each possibly mirrored. Poses
+are interpolated between the beats with an ease whose velocity is zero on the beat (hits, i.e.
+kinematic beats, fall on the music's beats); the genre sets how sharp the hits are, the groove
+(bounce down or up on the beat, head nods, chest pops) and the amplitude, and each dancer has their
+own amplitude, stance, knee softness and arm carriage. Legs are solved by two-link inverse kinematics
+towards planted foot targets, so feet do not slide and knees bend forward only; elbows bend one way.
+Finally the root height is set so the lowest foot joint rests `FLOOR_CLEARANCE` above the floor
+(y = 0), except in the flight phase of jumps.
+
+SMPL axes: y up, the body faces +z, its left is +x. Names follow AIST++
+(`gBR_sBM_cAll_d04_mBR0_ch01`: genre BR, dancer 04, music mBR0). As in AIST++'s cross-modal split,
+validation and test music is never danced to in training.
+
+One job per module: `genres` (the style table), `music` (composing and synthesising), `keys` (the
+key-pose channels and the dancer), `moves` (the dance moves), `choreography` (Markov chains, key
+poses on the beats, easing between them), `pose` (channels -> SMPL parameters, leg IK) and `dataset`
+(pieces, splits and the files on disk).
+"""
+
+from __future__ import annotations
+
+from e3d2_hf.data.synthetic.choreography import FPS, choreograph, markov_chain
+from e3d2_hf.data.synthetic.dataset import SMPL_SCALING, generate_synthetic_aistpp
+from e3d2_hf.data.synthetic.genres import GENRES, Genre
+from e3d2_hf.data.synthetic.keys import Dancer, make_dancer, neutral_pose
+from e3d2_hf.data.synthetic.moves import LOWER_MOVES, UPPER_MOVES
+from e3d2_hf.data.synthetic.music import SAMPLE_RATE, compose_music
+from e3d2_hf.data.synthetic.pose import FLOOR_CLEARANCE, FOOT_JOINTS
+
+__all__ = [
+    "FLOOR_CLEARANCE",
+    "FOOT_JOINTS",
+    "FPS",
+    "GENRES",
+    "LOWER_MOVES",
+    "SAMPLE_RATE",
+    "SMPL_SCALING",
+    "UPPER_MOVES",
+    "Dancer",
+    "Genre",
+    "choreograph",
+    "compose_music",
+    "generate_synthetic_aistpp",
+    "make_dancer",
+    "markov_chain",
+    "neutral_pose",
+]
