@@ -4,8 +4,8 @@ AIST++ stores dances as SMPL parameters; every later stage (VQ-VAE, policy, metr
 works on the 24 joint positions. With betas = 0 those positions depend only on the kinematic tree
 and the rest-pose joints, which are carried here as constants so that no licensed SMPL file is
 needed. When the user has the SMPL model files (`smpl_model_dir`), `smplx` computes the joints
-instead; both give the same joints (tests/test_skeleton.py). `chain_forward_kinematics` is the same
-walk down a tree for any skeleton given per-joint matrices and translations (BVH files, fitted dances).
+instead; both give the same joints (tests/test_skeleton.py). `forward_kinematics` is SMPL's case of
+`chain_forward_kinematics`, the one walk down a kinematic tree, which BVH files and fitted dances use too.
 
 Conventions: joints in SMPL order, metres, y up (as AIST++ stores them), float32 output.
 """
@@ -134,17 +134,9 @@ def forward_kinematics(
     if smpl_model_dir is not None:
         return smplx_joints(load_smpl_model(smpl_model_dir, gender), poses, transl)
     rest = rest_joints(gender)
-    parent_offsets = rest - rest[np.maximum(SMPL_PARENTS, 0)]
-    local_rotations = axis_angle_to_matrix(poses)  # (N, 24, 3, 3)
-    global_rotations = np.empty_like(local_rotations)
-    joints = np.empty(poses.shape, dtype=np.float64)
-    global_rotations[:, 0] = local_rotations[:, 0]
-    joints[:, 0] = rest[0] + transl
-    for joint in range(1, NUM_JOINTS):
-        parent = SMPL_PARENTS[joint]
-        global_rotations[:, joint] = global_rotations[:, parent] @ local_rotations[:, joint]
-        joints[:, joint] = joints[:, parent] + global_rotations[:, parent] @ parent_offsets[joint]
-    return joints.astype(np.float32)
+    translations = np.broadcast_to(rest - rest[np.maximum(SMPL_PARENTS, 0)], (len(poses), NUM_JOINTS, 3)).copy()
+    translations[:, 0] = rest[0] + transl
+    return chain_forward_kinematics(translations, axis_angle_to_matrix(poses), SMPL_PARENTS).astype(np.float32)
 
 
 def chain_forward_kinematics(
@@ -152,11 +144,9 @@ def chain_forward_kinematics(
 ) -> np.ndarray:
     """Joint positions (T, J, 3) from per-joint translations (T, J, 3) or (J, 3) and rotations (T, J, 3, 3).
 
-    Joint j sits at its parent's position plus the parent's global rotation applied to its
-    local translation; the root's translation is its world position. `forward_kinematics` walks
-    the SMPL tree the same way but rotates its fixed offsets with a matrix-vector product, which
-    rounds differently from this einsum in the last bit: the two stay apart so that prepared
-    datasets and exported files keep their exact numbers.
+    The one forward kinematics (SMPL poses, BVH files, fitted skeletons): joint j sits at its
+    parent's position plus the parent's global rotation applied to its local translation; the
+    root's translation is its world position.
     """
     local_rotations = np.asarray(local_rotations, dtype=np.float64)
     frames, count = local_rotations.shape[:2]
@@ -169,8 +159,7 @@ def chain_forward_kinematics(
             positions[:, joint] = translations[:, joint]
         else:
             global_rotations[:, joint] = global_rotations[:, parent] @ local_rotations[:, joint]
-            moved = np.einsum("tij,tj->ti", global_rotations[:, parent], translations[:, joint])
-            positions[:, joint] = positions[:, parent] + moved
+            positions[:, joint] = positions[:, parent] + (global_rotations[:, parent] @ translations[:, joint, :, None])[..., 0]
     return positions
 
 
