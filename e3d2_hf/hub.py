@@ -7,16 +7,17 @@
 The folder (default RUN/ppo/hub, or `<policy folder>-hub` next to a plain policy folder such as RUN/bc)
 holds what `AutoModelForCausalLM.from_pretrained("USER/NAME")` and `e3d2 dance --model USER/NAME`
 need: the policy's `save_pretrained` files, its VQ-VAE in `vqvae/`, a model card README.md with the
-recipe and the training summary, and `dance.gif`, a short dance it rendered. The folder is built
-first and completely (atomically), so when the upload fails (offline, no token, no network) it is
-kept and the message says how to upload it later.
+recipe and the training summary (`e3d2_hf.trainers.model_card`, the builder every stage's card comes
+from), and `dance.gif`, a short dance it rendered. The folder is built first and completely
+(atomically), then uploaded (`e3d2_hf.trainers.publishing`, which the PPO trainer's `push_to_hub`
+uses too); when the upload fails (offline, no token, no network) the folder is kept and the message
+says how to upload it later.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import tempfile
@@ -25,12 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from huggingface_hub import ModelCard
 
+from e3d2_hf.trainers.model_card import CardTable, build_model_card, format_value, recipe_values
+from e3d2_hf.trainers.publishing import upload_folder
 from e3d2_hf.utils import E3D2Error, atomic_directory
 
-logger = logging.getLogger(__name__)
-
-TAGS = ["e3d2", "dance-generation", "music-to-dance"]
 GIF_SECONDS = 4.0
 GIF_SIZE = (320, 240)
 SYNTHETIC_GENRE, SYNTHETIC_BPM = "HO", 124.0  # a steady four-on-the-floor beat to show the dance off
@@ -79,75 +80,70 @@ def _read_json(path: Path | None) -> dict[str, Any]:
         raise E3D2Error(f"{path}: cannot read JSON ({exc})") from exc
 
 
-def _cell(value: Any) -> str:
-    return "-" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def model_card(repo_id: str, policy: Any, summary: dict[str, Any], recipe: dict[str, Any], gif_note: str) -> str:
-    """README.md: what the model is, a dance, how to use it, the recipe values and the training summary."""
-    from huggingface_hub import ModelCard, ModelCardData
-
+def model_card(repo_id: str, policy: Any, summary: dict[str, Any], recipe: dict[str, Any], gif_note: str) -> ModelCard:
+    """README.md: what the model is, a dance, how to use it, what it is made of, the training summary and the recipe."""
     from e3d2_hf.trainers import bc, ppo
 
     config = policy.config
     if summary or "kl_beta" in recipe:  # keys only the PPO trainer writes
         how = f" Fine-tuned from the behaviour-cloning policy with PPO on the {summary.get('reward', 'learned')} reward."
+        tags = ["ppo", "reinforcement-learning"]
+    elif "window" in recipe:
+        how, tags = " Trained by behaviour cloning.", ["behaviour-cloning"]
     else:
-        how = " Trained by behaviour cloning." if "window" in recipe else ""
-    lines = [
-        f"# E3D2 dance policy `{repo_id}`",
-        "",
-        "A GPT policy over VQ-VAE pose codes that turns music into 3D dance (E3D2, \"Explore 3D Dance Generation via",
-        "Reward Model from Automatically-Ranked Demonstrations\"). At each 8-frame step it reads the music (438-d",
-        "librosa features at 7.5 fps) and the pose codes so far and picks the next upper- and lower-body codes; its",
-        f"VQ-VAE (in `vqvae/`) turns them into SMPL 24-joint positions at 60 fps.{how}",
-        "",
-        gif_note,
-        "",
-        "## Use",
-        "",
-        "```python",
-        "import e3d2_hf  # registers the E3D2 models with the transformers Auto classes",
-        "from transformers import AutoModelForCausalLM",
-        "",
-        f'policy = AutoModelForCausalLM.from_pretrained("{repo_id}")  # its VQ-VAE comes along',
-        f'dance = e3d2_hf.dance("{repo_id}", "song.mp3")  # joints (T, 24, 3) at 60 fps',
-        'dance.save_bvh("song.bvh"); dance.render("song.mp4")',
-        "```",
-        "",
-        f"or from the command line: `e3d2 dance --model {repo_id} --music song.mp3` (writes npz, BVH and an mp4 with the music).",
-        "",
-        "## Model",
-        "",
-        "| layers (base + head) | width | heads | context (steps) | codes per body half |",
-        "|---|---|---|---|---|",
-        (
-            f"| {config.num_hidden_layers} ({config.num_base_layers} + {config.num_hidden_layers - config.num_base_layers}) "
-            f"| {config.hidden_size} | {config.num_attention_heads} | {config.context_length} | {config.codebook_size} |"
-        ),
-        "",
+        how, tags = "", []
+    tables = [
+        CardTable(
+            "Model",
+            columns=["layers (base + head)", "width", "heads", "context (steps)", "codes per body half"],
+            rows=[
+                [
+                    f"{config.num_hidden_layers} ({config.num_base_layers} + {config.num_hidden_layers - config.num_base_layers})",
+                    config.hidden_size,
+                    config.num_attention_heads,
+                    config.context_length,
+                    config.codebook_size,
+                ]
+            ],
+        )
     ]
     if summary:
         metrics_bc, metrics_final = summary.get("metrics_bc") or {}, summary.get("metrics_final") or {}
-        lines += [
-            "## Training summary",
-            "",
-            (
-                f"{_cell(summary.get('steps'))} PPO steps at {_cell(summary.get('samples_per_second'))} episodes/s; per-step KL to the "
-                f"behaviour-cloning policy at the end: {_cell(summary.get('kl_final'))}."
-            ),
-            "",
-            "| policy | learned return | " + " | ".join(ppo.METRIC_ORDER) + " |",
-            "|---|---|" + "---|" * len(ppo.METRIC_ORDER),
-            f"| behaviour cloning | {_cell(summary.get('learned_return_bc'))} | " + " | ".join(_cell(metrics_bc.get(key)) for key in ppo.METRIC_ORDER) + " |",
-            f"| this model | {_cell(summary.get('learned_return_final'))} | " + " | ".join(_cell(metrics_final.get(key)) for key in ppo.METRIC_ORDER) + " |",
-            "",
-        ]
-    keys = [key for key in dict.fromkeys(ppo.CARD_KEYS + bc.CARD_KEYS) if key in recipe]
-    if keys:
-        lines += ["## Recipe", "", "| key | value |", "|---|---|", *(f"| {key} | {_cell(recipe[key])} |" for key in keys), ""]
-    data = ModelCardData(library_name="transformers", tags=TAGS)
-    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n" + "\n".join(lines)))
+        tables.append(
+            CardTable(
+                "Training summary",
+                note=(
+                    f"{format_value(summary.get('steps'))} PPO steps at {format_value(summary.get('samples_per_second'))} episodes/s; "
+                    f"per-step KL to the behaviour-cloning policy at the end: {format_value(summary.get('kl_final'))}."
+                ),
+                columns=["policy", "learned return", *ppo.METRIC_ORDER],
+                rows=[
+                    ["behaviour cloning", summary.get("learned_return_bc"), *(metrics_bc.get(key) for key in ppo.METRIC_ORDER)],
+                    ["this model", summary.get("learned_return_final"), *(metrics_final.get(key) for key in ppo.METRIC_ORDER)],
+                ],
+            )
+        )
+    return build_model_card(
+        title=f"E3D2 dance policy `{repo_id}`",
+        description=(
+            'A GPT policy over VQ-VAE pose codes that turns music into 3D dance (E3D2, "Explore 3D Dance Generation via '
+            'Reward Model from Automatically-Ranked Demonstrations"). At each 8-frame step it reads the music (438-d '
+            "librosa features at 7.5 fps) and the pose codes so far and picks the next upper- and lower-body codes; its "
+            f"VQ-VAE (in `vqvae/`, loaded with it) turns them into SMPL 24-joint positions at 60 fps.{how}"
+        ),
+        tags=tags,
+        media=gif_note,
+        auto_class="AutoModelForCausalLM",
+        model_id=repo_id,
+        loaded_as="policy",
+        usage=[
+            f'dance = e3d2_hf.dance("{repo_id}", "song.mp3")  # joints (T, 24, 3) at 60 fps',
+            'dance.save_bvh("song.bvh"); dance.render("song.mp4")',
+        ],
+        usage_note=f"or from the command line: `e3d2 dance --model {repo_id} --music song.mp3` (writes npz, BVH and an mp4 with the music).",
+        tables=tables,
+        recipe=recipe_values(recipe, dict.fromkeys(ppo.CARD_KEYS + bc.CARD_KEYS)),
+    )
 
 
 def render_card_gif(policy: Any, path: Path, music: str | os.PathLike | None) -> str:
@@ -186,45 +182,10 @@ def build_folder(source: str | os.PathLike, repo_id: str, out: str | os.PathLike
         with atomic_directory(out) as tmp:
             policy.save_pretrained(tmp)
             gif_note = render_card_gif(policy, tmp / "dance.gif", music)
-            (tmp / "README.md").write_text(model_card(repo_id, policy, summary, recipe, gif_note))
+            model_card(repo_id, policy, summary, recipe, gif_note).save(tmp / "README.md")
     except OSError as exc:
         raise E3D2Error(f"{out}: cannot write the Hub folder ({exc.strerror or exc})") from exc
     return out
-
-
-def _upload(folder: Path, repo_id: str, private: bool, api: Any = None) -> str | None:
-    """Create the repository (if needed) and upload `folder`; None on success, else why not and how to retry."""
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import LocalTokenNotFoundError, OfflineModeIsEnabled
-
-    try:
-        api = api if api is not None else HfApi()
-        repo = api.create_repo(repo_id, private=private, exist_ok=True)
-        api.upload_folder(repo_id=getattr(repo, "repo_id", repo_id), folder_path=str(folder), commit_message="Upload E3D2 dance policy")
-        return None
-    except Exception as exc:  # offline, no token, no network, refused: the folder stays for a later upload
-        if isinstance(exc, OfflineModeIsEnabled):
-            reason = "HF_HUB_OFFLINE is set, and uploading needs a network connection"
-        elif isinstance(exc, LocalTokenNotFoundError) or getattr(getattr(exc, "response", None), "status_code", None) in (401, 403):
-            reason = f"the Hub refused the upload ({type(exc).__name__}: {exc}); log in with `hf auth login`"
-        else:
-            reason = f"uploading needs a network connection and a Hugging Face token ({type(exc).__name__}: {exc})"
-    private_flag = " --private" if private else ""
-    return f"{folder} was not uploaded to {repo_id}: {reason}. Upload it later with `hf upload {repo_id} {folder} .{private_flag}`, or rerun `e3d2 publish`."
-
-
-def upload_folder_or_explain(folder: str | os.PathLike, repo_id: str, private: bool = False, api: Any = None) -> bool:
-    """Upload a finished folder (e.g. the PPO trainer's policy for `push_to_hub`); never raises, so a
-    failed upload cannot lose a training run: it logs why and how to upload later, and returns False."""
-    try:
-        problem = _upload(Path(folder), repo_id, private, api)
-    except Exception as exc:  # the upload helper itself failing must not end a training run either
-        problem = f"{folder} was not uploaded to {repo_id} ({type(exc).__name__}: {exc})"
-    if problem:
-        logger.error(problem)
-        return False
-    logger.info("uploaded %s to https://huggingface.co/%s", folder, repo_id)
-    return True
 
 
 def publish(
@@ -248,8 +209,8 @@ def publish(
     except Exception as exc:
         raise E3D2Error(f"--repo-id {repo_id!r}: {exc}") from exc
     folder = build_folder(source, repo_id, out, music)
-    problem = _upload(folder, repo_id, private, api)
-    message = problem or f"uploaded {folder} to https://huggingface.co/{repo_id}"
+    problem = upload_folder(folder, repo_id, private=private, commit_message="Upload E3D2 dance policy", api=api)
+    message = f"{problem} Or rerun `e3d2 publish`." if problem else f"uploaded {folder} to https://huggingface.co/{repo_id}"
     return PublishResult(folder=folder, repo_id=repo_id, uploaded=problem is None, message=message)
 
 

@@ -5,8 +5,8 @@
 
 import sys
 
-from e3d2_hf.trainers.reward_model import RewardTrainingConfig, train_reward_model
 from e3d2_hf.recipe import run_stage
+from e3d2_hf.trainers.reward_model import RewardTrainingConfig, train_reward_model
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,8 +5,8 @@
 
 import sys
 
-from e3d2_hf.trainers.vqvae import VQVAETrainingConfig, train_vqvae
 from e3d2_hf.recipe import run_stage
+from e3d2_hf.trainers.vqvae import VQVAETrainingConfig, train_vqvae
 
 
 def main(argv: list[str] | None = None) -> int:

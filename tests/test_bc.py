@@ -15,15 +15,14 @@ import yaml
 from transformers import AutoModelForCausalLM
 
 import e3d2_hf  # noqa: F401  (registers the policy with AutoModelForCausalLM)
-from e3d2_hf.trainers import pose_codes
 from e3d2_hf.data.music import BEAT_COLUMN
 from e3d2_hf.data.windows import SequenceWindows
 from e3d2_hf.models.configuration_vqvae import VQVAEConfig
 from e3d2_hf.models.configuration_policy import PolicyConfig
 from e3d2_hf.models.modeling_policy import E3D2PolicyModel, PolicyOutput, music_to_joints
 from e3d2_hf.models.modeling_vqvae import E3D2VQVAE
-from e3d2_hf.recipe import parse_recipe
-from e3d2_hf.trainers import bc
+from e3d2_hf.recipe import RunLayout, parse_recipe
+from e3d2_hf.trainers import bc, pose_codes
 from e3d2_hf.utils import E3D2Error
 
 import conftest as shared
@@ -88,7 +87,7 @@ def tiny_config(run_dir: Path, **overrides) -> bc.BCTrainingConfig:
 def test_pose_codes_align_step_i_with_frames_8i_and_music_row_i(tiny_run, monkeypatch):
     vqvae = E3D2VQVAE.from_pretrained(tiny_run / "vqvae").eval()
     codes = pose_codes.load_or_encode_codes(tiny_run, vqvae, progress=False)
-    assert (tiny_run / pose_codes.POSE_CODES_DIR / "fingerprint.json").is_file()
+    assert (RunLayout(tiny_run).pose_codes / "fingerprint.json").is_file()
     prepared = datasets.load_from_disk(str(tiny_run / "data"))
     assert set(codes) == {"train", "val", "test"}
     for split, lengths in SPLIT_FRAMES.items():
@@ -175,7 +174,7 @@ def test_bc_script_end_to_end_writes_a_policy_that_dances(tmp_path, monkeypatch)
     assert {"config.json", "model.safetensors", "vqvae", "README.md", "diagnostics.json", "training_config.json", "runs"} <= names
     assert not list(run_dir.glob(".bc*")), "the work folder is removed once the policy is complete"
     assert list((final / "runs").rglob("events.out.tfevents*"))
-    assert (run_dir / pose_codes.POSE_CODES_DIR / "fingerprint.json").is_file()
+    assert (RunLayout(run_dir).pose_codes / "fingerprint.json").is_file()
 
     diagnostics = json.loads((final / "diagnostics.json").read_text())
     for key in ("seen", "unseen"):

@@ -13,8 +13,9 @@ from PIL import Image
 
 import e3d2_hf
 from e3d2_hf.cli import main
-from e3d2_hf.hub import publish, upload_folder_or_explain
+from e3d2_hf.hub import publish
 from e3d2_hf.models.modeling_policy import E3D2PolicyModel
+from e3d2_hf.trainers.publishing import upload_folder_or_explain
 from e3d2_hf.utils import E3D2Error
 
 from conftest import tiny_dancing_policy

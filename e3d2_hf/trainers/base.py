@@ -1,24 +1,190 @@
-"""A `transformers.Trainer` with Bailando's step learning-rate decay and a guard against non-finite losses.
+"""What the `transformers.Trainer` stages (VQ-VAE, behaviour cloning, reward model) share.
 
-The VQ-VAE and the behaviour-cloning policy train the same way: Adam with the rate multiplied by
-`lr_decay_factor` at `lr_decay_epochs` (Bailando's MultiStepLR), and a run that diverges stops with
-a clear error before the optimiser step, so the checkpoints written so far stay the last good ones.
+Each stage is a `TrainingArguments` subclass (its recipe section) and a `Trainer` subclass, run from a
+run folder, and they work alike:
+
+- `StageTrainingArguments`: this project's `TrainingArguments` defaults (seed 0, a constant learning
+  rate, tensorboard logs every 50 steps, batches of 32, our collators' columns kept) and `output_dir`
+  = the stage's folder of the run (`RunLayout`).
+- `BailandoTrainingArguments`: E3D2's stage 1 is Bailando, so the VQ-VAE and the behaviour-cloning
+  policy also share Bailando's optimiser (Adam, betas (0.5, 0.999), no weight decay, no gradient
+  clipping), its step learning-rate decay (`StepDecayTrainer`), a checkpoint every epoch, and
+  resuming an interrupted run (`prepare_work_dir`, `last_checkpoint`).
+- The Trainer works in a hidden sibling of `output_dir` (`work_dir`); `finish` then writes
+  `output_dir` at once, so a stage folder that exists is complete: the model, its results, the
+  logs, the model card and the recipe.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import json
+import logging
+import shutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
-from transformers import Trainer
+from huggingface_hub import ModelCard
+from transformers import PreTrainedModel, Trainer, TrainingArguments
+from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType, get_last_checkpoint
 
-from e3d2_hf.utils import E3D2Error
+from e3d2_hf.recipe import RunLayout
+from e3d2_hf.utils import E3D2Error, atomic_directory, atomic_file
+
+logger = logging.getLogger(__name__)
+
+WORK_SETTINGS_FILE = "training_inputs.json"
+# The optimiser and schedule values a stage-1 model card shows, after the stage's own.
+BAILANDO_CARD_KEYS = (
+    "learning_rate",
+    "adam_beta1",
+    "adam_beta2",
+    "weight_decay",
+    "max_grad_norm",
+    "per_device_train_batch_size",
+    "num_train_epochs",
+    "lr_decay_epochs",
+    "lr_decay_factor",
+    "seed",
+)
+
+
+@dataclass
+class StageTrainingArguments(TrainingArguments):
+    """`TrainingArguments` of one recipe section, with the defaults every stage shares."""
+
+    stage: ClassVar[str]  # the recipe section, and the run folder's sub-folder (a `RunLayout` name) it writes
+
+    run_dir: str = field(default="runs/e3d2", metadata={"help": "Run folder: the stage reads its inputs from it and writes its output into it."})
+
+    # TrainingArguments defaults replaced in every stage.
+    seed: int = 0
+    per_device_train_batch_size: int = 32
+    lr_scheduler_type: SchedulerType | str = "constant"  # stage 1 applies its step decay on top (StepDecayTrainer)
+    logging_steps: float = 50
+    report_to: None | str | list[str] = "tensorboard"
+    remove_unused_columns: bool = False  # the collators build the model's arguments; no signature inspection needed
+
+    def __post_init__(self):
+        if self.output_dir is None:
+            self.output_dir = str(getattr(RunLayout(self.run_dir), self.stage))
+        super().__post_init__()
+
+    @property
+    def work_dir(self) -> Path:
+        """Hidden sibling of `output_dir` (RUN/.bc.training) where the Trainer writes checkpoints and logs."""
+        final_dir = Path(self.output_dir)
+        return final_dir.with_name(f".{final_dir.name}.training")
+
+
+@dataclass
+class BailandoTrainingArguments(StageTrainingArguments):
+    """Stage 1's arguments (VQ-VAE, behaviour cloning): Bailando's optimiser and step decay, resumable checkpoints."""
+
+    data_path: str | None = field(default=None, metadata={"help": "Prepared DatasetDict (default: <run_dir>/data)."})
+    lr_decay_epochs: list[int] = field(default_factory=list, metadata={"help": "Epochs at which the learning rate is multiplied by lr_decay_factor."})
+    lr_decay_factor: float = field(default=0.1, metadata={"help": "Learning-rate factor applied at each of the decay epochs."})
+    resume: bool = field(default=True, metadata={"help": "Continue from the checkpoints of an interrupted run of this stage."})
+
+    # TrainingArguments defaults replaced by Bailando's values.
+    adam_beta1: float = 0.5
+    adam_beta2: float = 0.999
+    weight_decay: float = 0.0
+    optim: str = "adamw_torch"  # with weight_decay 0 this is Adam
+    max_grad_norm: float = 0.0  # Bailando does not clip gradients
+    per_device_eval_batch_size: int = 32
+    save_strategy: SaveStrategy | str = "epoch"
+    save_total_limit: int | None = 2
+    eval_strategy: IntervalStrategy | str = "no"
+    prediction_loss_only: bool = True
+
+    def __post_init__(self):
+        if self.data_path is None:
+            self.data_path = str(RunLayout(self.run_dir).data)
+        if any(epoch < 1 for epoch in self.lr_decay_epochs) or not 0 < self.lr_decay_factor <= 1:
+            raise E3D2Error(
+                f"{self.stage}: lr_decay_epochs must be positive and lr_decay_factor in (0, 1], got {self.lr_decay_epochs}, {self.lr_decay_factor}"
+            )
+        super().__post_init__()
+
+
+def prepare_work_dir(arguments: BailandoTrainingArguments, settings: dict[str, Any]) -> Path:
+    """The stage's work folder, emptied first unless resuming; refuses to resume one made with other `settings`.
+
+    `settings` (JSON-able, flat) are what a checkpoint only fits: model sizes, windows, the VQ-VAE.
+    A new work folder records them. Call it on every process: the main one goes first.
+    """
+    work_dir = arguments.work_dir
+    record = work_dir / WORK_SETTINGS_FILE
+    with arguments.main_process_first(desc=f"{arguments.stage} work folder"):
+        if arguments.process_index == 0 and not arguments.resume:
+            shutil.rmtree(work_dir, ignore_errors=True)
+        if record.is_file():
+            found = json.loads(record.read_text())
+            changed = sorted(name for name in {**found, **settings} if found.get(name) != settings.get(name))
+            if changed:
+                raise E3D2Error(f"{work_dir}: an interrupted run with other settings ({', '.join(changed)}) is there; rerun with --resume false")
+        else:
+            work_dir.mkdir(parents=True, exist_ok=True)
+            with atomic_file(record, "w") as handle:
+                handle.write(json.dumps(settings, indent=2) + "\n")
+    return work_dir
+
+
+def last_checkpoint(arguments: BailandoTrainingArguments) -> str | None:
+    """The newest checkpoint in `arguments.output_dir` to resume from, when `resume` is on and there is one."""
+    if not arguments.resume or not Path(arguments.output_dir).is_dir():
+        return None
+    checkpoint = get_last_checkpoint(arguments.output_dir)
+    if checkpoint:
+        logger.info("%s: resuming from %s", arguments.stage, checkpoint)
+    return checkpoint
+
+
+def finish(
+    arguments: StageTrainingArguments,
+    model: PreTrainedModel,
+    card: ModelCard,
+    results: Mapping[str, Any],
+    *,
+    logs: Mapping[str, Path] | None = None,
+    write_extra: Callable[[Path], None] | None = None,
+) -> Path:
+    """Write the stage's folder at once and remove the work folder; returns the folder. Main process only.
+
+    The folder holds the model's `save_pretrained` files, `results` (file name -> JSON content), the
+    Trainer's tensorboard logs (`logs`: destination in the folder -> logs folder; default the work
+    folder's `runs/`), whatever `write_extra` writes into it, the model card and the recipe
+    (`training_config.json`).
+    """
+    final_dir, work_dir = Path(arguments.output_dir), arguments.work_dir
+    logs = {"runs": work_dir / "runs"} if logs is None else logs
+    with atomic_directory(final_dir) as folder:
+        model.save_pretrained(folder)
+        for destination, source in logs.items():
+            if source.is_dir():
+                (folder / destination).parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(source), str(folder / destination))
+        for name, content in results.items():
+            (folder / name).write_text(json.dumps(content, indent=2) + "\n")
+        if write_extra is not None:
+            write_extra(folder)
+        card.save(folder / "README.md")
+        (folder / "training_config.json").write_text(arguments.to_json_string())
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return final_dir
 
 
 class StepDecayTrainer(Trainer):
-    """`Trainer` whose scheduler is multiplied by `lr_decay_factor` at each of `lr_decay_epochs`."""
+    """`Trainer` with Bailando's step learning-rate decay and a guard against non-finite losses.
 
-    stage_name = "training"
+    The scheduler is multiplied by `lr_decay_factor` at each of `lr_decay_epochs` (Bailando's
+    MultiStepLR, which `TrainingArguments` has no name for); a loss that is NaN or infinite stops
+    training with a clear error before the optimiser step, so the checkpoints written so far stay the
+    last good ones.
+    """
 
     def __init__(self, *args: Any, lr_decay_epochs: list[int], lr_decay_factor: float, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -50,3 +216,14 @@ class StepDecayTrainer(Trainer):
                 f"{what} at step {self.state.global_step} (epoch {self.state.epoch or 0:.2f}); "
                 f"the checkpoints in {self.args.output_dir} are kept: lower the learning rate and run again to resume"
             )
+
+
+__all__ = [
+    "BAILANDO_CARD_KEYS",
+    "BailandoTrainingArguments",
+    "StageTrainingArguments",
+    "StepDecayTrainer",
+    "finish",
+    "last_checkpoint",
+    "prepare_work_dir",
+]

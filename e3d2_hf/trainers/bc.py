@@ -14,8 +14,8 @@ which E3D2 keeps for its behaviour-cloning policy (paper appendix, "Behavior Clo
   `actor_critic.yaml: init_weight .../epoch_400.pt`), so the paper recipe stops at 400 epochs.
 
 Training runs through `transformers.Trainer` (tensorboard logs, checkpoints) in a hidden work folder
-`RUN/.bc.training`; with `resume` (default) a rerun continues from its last checkpoint, and a rerun
-with other model sizes, window or VQ-VAE is refused. A non-finite loss stops training with
+`RUN/.bc.training` (`e3d2_hf.trainers.base`, shared with the VQ-VAE); with `resume` (default) a rerun
+continues from its last checkpoint, and a rerun with other model sizes, window or VQ-VAE is refused. A non-finite loss stops training with
 `E3D2Error`, keeping the checkpoints.
 
 Diagnostics (paper Table 4): next-code accuracy with teacher forcing on windows of the training
@@ -33,29 +33,29 @@ VQ-VAE in `RUN/bc/vqvae` (so `AutoModelForCausalLM.from_pretrained("RUN/bc")` ca
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from huggingface_hub import ModelCard
 from tqdm.auto import tqdm
-from transformers import TrainingArguments, set_seed
-from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType, get_last_checkpoint
+from transformers import set_seed
+from transformers.trainer_utils import IntervalStrategy
 
 from e3d2_hf.data.prepare import load_prepared
-from e3d2_hf.trainers.pose_codes import POSE_CODES_DIR, check_codebooks_initialised, code_sequences, load_or_encode_codes, vqvae_fingerprint
 from e3d2_hf.data.windows import SequenceWindows
 from e3d2_hf.models.configuration_policy import PolicyConfig
 from e3d2_hf.models.modeling_policy import E3D2PolicyModel, dance_to_inputs
 from e3d2_hf.models.modeling_vqvae import E3D2VQVAE
-from e3d2_hf.trainers.base import StepDecayTrainer
 from e3d2_hf.recipe import RunLayout
-from e3d2_hf.utils import E3D2Error, atomic_directory, atomic_file
+from e3d2_hf.trainers.base import BAILANDO_CARD_KEYS, BailandoTrainingArguments, StepDecayTrainer, finish, last_checkpoint, prepare_work_dir
+from e3d2_hf.trainers.model_card import CardTable, build_model_card, recipe_values
+from e3d2_hf.trainers.pose_codes import check_codebooks_initialised, code_sequences, load_or_encode_codes, vqvae_fingerprint
+from e3d2_hf.utils import E3D2Error
 
 logger = logging.getLogger(__name__)
 
@@ -80,17 +80,18 @@ MODEL_FIELDS = (
 
 
 @dataclass
-class BCTrainingConfig(TrainingArguments):
+class BCTrainingConfig(BailandoTrainingArguments):
     """The `bc:` section of a recipe: policy sizes, windows, schedule and `TrainingArguments`.
 
-    Defaults are Bailando's (paper scale). `window` is in pose-code steps (8 frames each) and gives
+    Defaults are Bailando's (paper scale); the optimiser and the defaults shared with the VQ-VAE are
+    `BailandoTrainingArguments`'. `window` is in pose-code steps (8 frames each) and gives
     `window - 1` input tokens, which must fit the policy's `context_length`.
     """
 
-    run_dir: str = field(default="runs/e3d2", metadata={"help": "Run folder: data, vqvae and pose codes are read from it."})
-    data_path: str | None = field(default=None, metadata={"help": "Prepared DatasetDict (default: <run_dir>/data)."})
+    stage = "bc"
+
     vqvae_path: str | None = field(default=None, metadata={"help": "Trained VQ-VAE folder (default: <run_dir>/vqvae)."})
-    codes_path: str | None = field(default=None, metadata={"help": f"Pose-code cache (default: <run_dir>/{POSE_CODES_DIR})."})
+    codes_path: str | None = field(default=None, metadata={"help": "Pose-code cache (default: <run_dir>/pose_codes)."})
     window: int = field(default=30, metadata={"help": "Pose-code steps per training window (inputs window-1, targets window-1)."})
     window_stride: int = field(default=1, metadata={"help": "Steps between training window starts."})
     codebook_size: int = field(default=512, metadata={"help": "Codes per body half; must equal the VQ-VAE's."})
@@ -107,35 +108,15 @@ class BCTrainingConfig(TrainingArguments):
     lr_decay_epochs: list[int] = field(
         default_factory=lambda: [250, 400], metadata={"help": "Epochs at which the learning rate is multiplied by lr_decay_factor."}
     )
-    lr_decay_factor: float = field(default=0.1, metadata={"help": "Learning-rate factor applied at each of the decay epochs."})
-    resume: bool = field(default=True, metadata={"help": "Continue from the checkpoints of an interrupted run of this stage."})
 
-    # TrainingArguments defaults replaced by Bailando's values and this stage's needs.
+    # Bailando's schedule, stopped at the epoch E3D2 fine-tunes (see the module docstring).
     learning_rate: float = 3e-4
-    adam_beta1: float = 0.5
-    adam_beta2: float = 0.999
-    weight_decay: float = 0.0
-    optim: str = "adamw_torch"  # with weight_decay 0 this is Adam
-    max_grad_norm: float = 0.0  # Bailando does not clip gradients
     num_train_epochs: float = 400.0
-    per_device_train_batch_size: int = 32
-    per_device_eval_batch_size: int = 32
-    lr_scheduler_type: SchedulerType | str = "constant"  # the step decay above is applied on top
-    seed: int = 0
-    save_strategy: SaveStrategy | str = "epoch"
-    save_total_limit: int | None = 2
-    eval_strategy: IntervalStrategy | str = "no"  # with "epoch"/"steps": loss on the held-out windows
-    logging_steps: float = 50
-    report_to: None | str | list[str] = "tensorboard"
-    prediction_loss_only: bool = True
-    remove_unused_columns: bool = False  # the collator builds the model's arguments
+    # The targets, for the loss on the held-out windows when eval_strategy is "epoch" or "steps".
     label_names: list[str] | None = field(default_factory=lambda: ["upper_labels", "lower_labels"])
 
     def __post_init__(self):
         run = RunLayout(self.run_dir)
-        if self.output_dir is None:
-            self.output_dir = str(run.bc)
-        self.data_path = self.data_path or str(run.data)
         self.vqvae_path = self.vqvae_path or str(run.vqvae)
         self.codes_path = self.codes_path or str(run.pose_codes)
         if self.window < 2 or self.window_stride < 1:
@@ -145,8 +126,6 @@ class BCTrainingConfig(TrainingArguments):
                 f"bc: a window of {self.window} steps gives {self.window - 1} input tokens, more than the policy's "
                 f"context of {self.context_length} steps (lower window or raise context_length)"
             )
-        if any(epoch < 1 for epoch in self.lr_decay_epochs) or not 0 < self.lr_decay_factor <= 1:
-            raise E3D2Error(f"bc: lr_decay_epochs must be positive and lr_decay_factor in (0, 1], got {self.lr_decay_epochs}, {self.lr_decay_factor}")
         super().__post_init__()
 
     def model_config(self) -> PolicyConfig:
@@ -155,21 +134,7 @@ class BCTrainingConfig(TrainingArguments):
 
 
 # Recipe values shown in the model card.
-CARD_KEYS = (
-    "window",
-    "window_stride",
-    *MODEL_FIELDS,
-    "learning_rate",
-    "adam_beta1",
-    "adam_beta2",
-    "weight_decay",
-    "max_grad_norm",
-    "per_device_train_batch_size",
-    "num_train_epochs",
-    "lr_decay_epochs",
-    "lr_decay_factor",
-    "seed",
-)
+CARD_KEYS = ("window", "window_stride", *MODEL_FIELDS, *BAILANDO_CARD_KEYS)
 
 
 def collate_code_windows(features: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
@@ -268,77 +233,44 @@ def next_code_accuracy(policy: E3D2PolicyModel, windows: SequenceWindows, batch_
     }
 
 
-def model_card(config: BCTrainingConfig, diagnostics: dict[str, Any], counts: dict[str, Any]) -> str:
+def model_card(config: BCTrainingConfig, diagnostics: dict[str, Any], counts: dict[str, Any]) -> ModelCard:
     """README.md of the saved policy: what it is, what it reached, the recipe values that made it."""
 
-    def row(name: str, key: str) -> str:
-        values = diagnostics[key]
-        paper = PAPER_TABLE_4[key]
-        return (
-            f"| {name} | {100 * values['upper']:.2f} | {100 * values['lower']:.2f} | {100 * values['complete']:.2f} "
-            f"| {100 * values['partial']:.2f} | {paper['complete']:.2f} | {paper['partial']:.2f} |"
-        )
+    def row(music: str) -> list[Any]:
+        values, paper = diagnostics[music], PAPER_TABLE_4[music]
+        measured = [100 * values[key] for key in ("upper", "lower", "complete", "partial")]
+        return [music, *measured, paper["complete"], paper["partial"]]
 
-    lines = [
-        "---",
-        "library_name: transformers",
-        "tags: [e3d2, bailando, dance-generation, behaviour-cloning, music-to-dance]",
-        "---",
-        "# E3D2 behaviour-cloning policy (Bailando's cross-conditional GPT)",
-        "",
-        "A GPT over VQ-VAE pose codes that dances to music: at each 8-frame step it reads the music (438-d features at",
-        "7.5 fps) and both body halves' codes so far, and predicts the next upper- and lower-body codes. Its VQ-VAE is in",
-        "`vqvae/`, so this folder alone turns music into 60 fps SMPL joints. Trained by behaviour cloning (teacher-forced",
-        f"CE(upper) + CE(lower)) on {counts['train_sequences']} training dances: {counts['train_windows']} windows of",
-        f"{config.window} steps per epoch, {counts['epochs']:g} epochs, {counts['steps']} optimiser steps in {counts['seconds']:.0f} s.",
-        "",
-        "## Next-pose-code accuracy (teacher forcing, %)",
-        "",
-        f"Seen: windows of the {' + '.join(SEEN_SPLITS)} dances; unseen: windows of the held-out {' + '.join(UNSEEN_SPLITS)} dances.",
-        "Complete pose: both halves right; partial pose: at least one. Paper: E3D2 Table 4 (AIST++, full-size model).",
-        "",
-        "| music | upper | lower | complete pose | partial pose | paper complete | paper partial |",
-        "|---|---|---|---|---|---|---|",
-        row("seen", "seen"),
-        row("unseen", "unseen"),
-        "",
-        "## Recipe (section `bc`)",
-        "",
-        "| key | value |",
-        "|---|---|",
-        *(f"| {key} | {getattr(config, key)} |" for key in CARD_KEYS),
-        "",
-        "## Use",
-        "",
-        "```python",
-        "import e3d2_hf  # registers the model with the Auto classes",
-        "from transformers import AutoModelForCausalLM",
-        "from e3d2_hf.models.modeling_policy import music_to_joints",
-        "policy = AutoModelForCausalLM.from_pretrained(PATH)",
-        "joints = music_to_joints(policy, music_features_7p5, first_codes=(upper, lower))  # (8 * steps, 24, 3) at 60 fps",
-        "```",
-        "",
-        "or from the command line: `e3d2 dance --model PATH --music song.mp3 --out dances/`.",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def _check_resumable(work_dir: Path, record: dict[str, Any]) -> None:
-    """Refuse to resume a work folder made with other model sizes, window or VQ-VAE; record them in a new one."""
-    path = work_dir / "training_inputs.json"
-    if path.is_file():
-        found = json.loads(path.read_text())
-        if found != record:
-            changed = sorted(
-                {f"policy.{name}" for name in record["policy"] if found.get("policy", {}).get(name) != record["policy"][name]}
-                | {name for name in record if name != "policy" and found.get(name) != record[name]}
+    return build_model_card(
+        title="E3D2 behaviour-cloning policy (Bailando's cross-conditional GPT)",
+        description=(
+            "A GPT over VQ-VAE pose codes that dances to music: at each 8-frame step it reads the music (438-d features at "
+            "7.5 fps) and both body halves' codes so far, and predicts the next upper- and lower-body codes. Its VQ-VAE is in "
+            "`vqvae/`, so this folder alone turns music into 60 fps SMPL joints. Trained by behaviour cloning (teacher-forced "
+            f"CE(upper) + CE(lower)) on {counts['train_sequences']} training dances: {counts['train_windows']} windows of "
+            f"{config.window} steps per epoch, {counts['epochs']:g} epochs, {counts['steps']} optimiser steps in {counts['seconds']:.0f} s."
+        ),
+        tags=["bailando", "behaviour-cloning"],
+        auto_class="AutoModelForCausalLM",
+        loaded_as="policy",
+        imports=["from e3d2_hf.models.modeling_policy import music_to_joints"],
+        usage=["joints = music_to_joints(policy, music_features_7p5, first_codes=(upper, lower))  # (8 * steps, 24, 3) at 60 fps"],
+        usage_note="or from the command line: `e3d2 dance --model PATH --music song.mp3 --out dances/`.",
+        tables=[
+            CardTable(
+                "Next-pose-code accuracy (teacher forcing, %)",
+                note=(
+                    f"Seen: windows of the {' + '.join(SEEN_SPLITS)} dances; unseen: windows of the held-out "
+                    f"{' + '.join(UNSEEN_SPLITS)} dances. Complete pose: both halves right; partial pose: at least one. "
+                    "Paper: E3D2 Table 4 (AIST++, full-size model)."
+                ),
+                columns=["music", "upper", "lower", "complete pose", "partial pose", "paper complete", "paper partial"],
+                rows=[row("seen"), row("unseen")],
             )
-            raise E3D2Error(f"{work_dir}: an interrupted run with other settings ({', '.join(changed)}) is there; rerun with --resume false")
-        return
-    work_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path, "w") as handle:
-        handle.write(json.dumps(record, indent=2) + "\n")
+        ],
+        recipe=recipe_values(config, CARD_KEYS),
+        recipe_section="bc",
+    )
 
 
 def train_bc(config: BCTrainingConfig) -> Path:
@@ -358,26 +290,19 @@ def train_bc(config: BCTrainingConfig) -> Path:
     diagnostic_stride = config.window - 1
     logger.info("bc: %d training windows of %d steps from %d dances", len(train_windows), config.window, len(codes["train"]))
 
-    final_dir = Path(config.output_dir)
-    work_dir = final_dir.with_name(f".{final_dir.name}.training")
     is_main = config.process_index == 0
-    record = {
-        "policy": {name: getattr(model_config, name) for name in MODEL_FIELDS},
+    settings = {
+        **{f"policy.{name}": getattr(model_config, name) for name in MODEL_FIELDS},
         "vqvae": vqvae_fingerprint(vqvae),
         "window": config.window,
     }
-    with config.main_process_first(desc="bc work folder"):
-        if is_main and not config.resume:
-            shutil.rmtree(work_dir, ignore_errors=True)
-        _check_resumable(work_dir, record)
+    work_dir = prepare_work_dir(config, settings)
 
     set_seed(config.seed)
     policy = E3D2PolicyModel(model_config)
     arguments = copy.copy(config)
     arguments.output_dir = str(work_dir)
-    checkpoint = get_last_checkpoint(str(work_dir)) if config.resume and work_dir.is_dir() else None
-    if checkpoint:
-        logger.info("bc: resuming from %s", checkpoint)
+    checkpoint = last_checkpoint(arguments)
     trainer = BCTrainer(
         model=policy,
         args=arguments,
@@ -413,15 +338,7 @@ def train_bc(config: BCTrainingConfig) -> Path:
             "seconds": result.metrics.get("train_runtime", math.nan),
         }
         policy.attach_vqvae(vqvae.eval())
-        with atomic_directory(final_dir) as tmp:
-            policy.save_pretrained(tmp)
-            logs = work_dir / "runs"
-            if logs.is_dir():
-                shutil.move(str(logs), str(tmp / "runs"))
-            (tmp / DIAGNOSTICS_FILE).write_text(json.dumps(diagnostics, indent=2) + "\n")
-            (tmp / "README.md").write_text(model_card(config, diagnostics, counts))
-            (tmp / "training_config.json").write_text(config.to_json_string())
-        shutil.rmtree(work_dir, ignore_errors=True)
+        final_dir = finish(config, policy, model_card(config, diagnostics, counts), {DIAGNOSTICS_FILE: diagnostics})
         logger.info(
             "bc -> %s: next-code accuracy seen complete %.2f%% partial %.2f%%, unseen complete %.2f%% partial %.2f%%",
             final_dir,
@@ -430,7 +347,7 @@ def train_bc(config: BCTrainingConfig) -> Path:
             100 * diagnostics["unseen"]["complete"],
             100 * diagnostics["unseen"]["partial"],
         )
-    return final_dir
+    return Path(config.output_dir)
 
 
 __all__ = [

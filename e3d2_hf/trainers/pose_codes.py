@@ -1,11 +1,12 @@
 """Pose-code sequences: every prepared dance encoded once with the VQ-VAE, cached in the run folder.
 
 Behaviour cloning, the demonstrations and PPO all work on pose codes, not joints, so the whole
-prepared dataset is encoded once and kept in `RUN/pose_codes` (a `datasets.DatasetDict` with the
-prepared splits train/val/test, written with `save_to_disk`, plus `fingerprint.json`). The cache is
-keyed by a fingerprint of the VQ-VAE (config and weights) and of the prepared data (its manifest,
-which `e3d2 prepare` rewrites on every run, and each split's names and lengths): a new VQ-VAE or new
-data re-encodes, anything else reads the cache.
+prepared dataset is encoded once and kept in `RUN/pose_codes` (`RunLayout.pose_codes`: a
+`datasets.DatasetDict` with the prepared splits train/val/test, written with `save_to_disk`, plus
+`fingerprint.json`). The cache is keyed by a fingerprint of the VQ-VAE (config and weights) and of
+the prepared data (its manifest, which `e3d2 prepare` rewrites on every run, and each split's names
+and lengths): a new VQ-VAE or new data re-encodes, anything else reads the cache. It lives with the
+trainers, not in `e3d2_hf.data`, because making it takes a trained model (data preparation needs none).
 
 Timeline alignment (the one every stage after the VQ-VAE uses). A sequence of T frames at 60 fps
 has S = T // 8 pose-code steps (a last partial step is dropped) and, per step i = 0 .. S-1:
@@ -31,7 +32,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import datasets
 import numpy as np
@@ -40,17 +41,14 @@ import pyarrow.compute as pc
 import torch
 from tqdm.auto import tqdm
 
-from e3d2_hf.data.prepare import MANIFEST_NAME, load_prepared
 from e3d2_hf.data.music import BEAT_COLUMN
+from e3d2_hf.data.prepare import MANIFEST_NAME, load_prepared
+from e3d2_hf.models.modeling_vqvae import E3D2VQVAE
 from e3d2_hf.recipe import RunLayout
 from e3d2_hf.utils import E3D2Error, array_sha256, atomic_directory, file_sha256
 
-if TYPE_CHECKING:  # the data layer only calls the VQ-VAE it is given
-    from e3d2_hf.models.modeling_vqvae import E3D2VQVAE
-
 logger = logging.getLogger(__name__)
 
-POSE_CODES_DIR = "pose_codes"
 FINGERPRINT_FILE = "fingerprint.json"
 CODE_COLUMNS = ("upper_codes", "lower_codes", "music_features_7p5")
 
@@ -148,9 +146,9 @@ def load_or_encode_codes(
     `data_path` defaults to `RUN/data`, `cache_path` to `RUN/pose_codes`. Under several processes,
     call it inside `TrainingArguments.main_process_first()` so that only the main process encodes.
     """
-    run_dir = Path(run_dir)
-    data_path = Path(data_path) if data_path is not None else RunLayout(run_dir).data
-    cache_path = Path(cache_path) if cache_path is not None else RunLayout(run_dir).pose_codes
+    run = RunLayout(run_dir)
+    data_path = Path(data_path) if data_path is not None else run.data
+    cache_path = Path(cache_path) if cache_path is not None else run.pose_codes
     prepared = load_prepared(data_path)
     fingerprint = {"vqvae": vqvae_fingerprint(vqvae), "data": prepared_fingerprint(data_path, prepared)}
     try:
@@ -184,7 +182,6 @@ def code_sequences(split: datasets.Dataset) -> dict[str, list[np.ndarray]]:
 
 
 __all__ = [
-    "POSE_CODES_DIR",
     "check_codebooks_initialised",
     "code_sequences",
     "encode_pose_codes",

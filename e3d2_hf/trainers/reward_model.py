@@ -21,11 +21,9 @@ check: `diagnostics.json` + `diagnostics.png` (learned return per noise level on
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import shutil
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +31,10 @@ import datasets
 import numpy as np
 import torch
 import torch.nn.functional as F
+from huggingface_hub import ModelCard
 from tqdm.auto import tqdm
-from transformers import EvalPrediction, Trainer, TrainingArguments, set_seed
-from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType
+from transformers import EvalPrediction, Trainer, set_seed
+from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
 from e3d2_hf.data.demonstrations import (
     CODEBOOK_SIZE,
@@ -51,6 +50,8 @@ from e3d2_hf.data.demonstrations import (
 from e3d2_hf.models.configuration_reward import RewardModelConfig
 from e3d2_hf.models.modeling_reward import E3D2RewardModel
 from e3d2_hf.recipe import RunLayout
+from e3d2_hf.trainers.base import StageTrainingArguments, finish
+from e3d2_hf.trainers.model_card import CardTable, build_model_card, recipe_values
 from e3d2_hf.utils import E3D2Error, atomic_directory
 
 logger = logging.getLogger(__name__)
@@ -60,14 +61,16 @@ HELDOUT_PAIR_SETS = {"seen": "eval_seen", "unseen": "eval_unseen"}
 
 
 @dataclass
-class RewardTrainingConfig(TrainingArguments):
+class RewardTrainingConfig(StageTrainingArguments):
     """The `reward:` section of a recipe: pair and model sizes plus `TrainingArguments`.
 
     Defaults are the paper's (Table 6): Adam, lr 5e-4, weight decay 2.5e-3, 10 epochs, batch 32,
-    grad-norm clip 0.25, seed 0, and a 1-block, 768-wide, 12-head post-LN transformer.
+    grad-norm clip 0.25, seed 0, no learning-rate schedule, and a 1-block, 768-wide, 12-head post-LN
+    transformer; the defaults shared with the other stages are `StageTrainingArguments`'.
     """
 
-    run_dir: str = field(default="runs/e3d2", metadata={"help": "Run folder: demonstrations are read from it, the model written into it."})
+    stage = "reward"
+
     demonstrations_path: str | None = field(
         default=None, metadata={"help": "Demonstrations DatasetDict (default: <run_dir>/demos/demonstrations)."}
     )
@@ -95,20 +98,12 @@ class RewardTrainingConfig(TrainingArguments):
     learning_rate: float = 5e-4
     weight_decay: float = 2.5e-3
     num_train_epochs: float = 10.0
-    per_device_train_batch_size: int = 32
     per_device_eval_batch_size: int = 256
     max_grad_norm: float = 0.25
-    seed: int = 0
-    lr_scheduler_type: SchedulerType | str = "constant"  # the paper lists no schedule
     eval_strategy: IntervalStrategy | str = "epoch"
     save_strategy: SaveStrategy | str = "no"
-    logging_steps: float = 50
-    report_to: None | str | list[str] = "tensorboard"
-    remove_unused_columns: bool = False  # the pair datasets' columns are not forward() arguments
 
     def __post_init__(self):
-        if self.output_dir is None:
-            self.output_dir = str(RunLayout(self.run_dir).reward)
         if self.demonstrations_path is None:
             self.demonstrations_path = str(RunLayout(self.run_dir).demonstrations)
         if self.snippet_length < 2:
@@ -278,59 +273,37 @@ def plot_diagnostics(path: Path, curve: list[dict[str, float]], returns: dict[st
     figure.savefig(path)
 
 
-def _card_value(value: Any) -> Any:
-    """Recipe values as a user writes them (`constant`, not `SchedulerType.CONSTANT`)."""
-    return value.value if isinstance(value, Enum) else value
-
-
-def model_card(config: RewardTrainingConfig, diagnostics: dict[str, Any], pair_counts: dict[str, int]) -> str:
+def model_card(config: RewardTrainingConfig, diagnostics: dict[str, Any], pair_counts: dict[str, int]) -> ModelCard:
     """README.md of the saved model: what it is, what it reached, the recipe values that made it."""
-    lines = [
-        "---",
-        "library_name: transformers",
-        "tags: [e3d2, reward-model, dance-generation, bradley-terry]",
-        "---",
-        "# E3D2 reward model",
-        "",
-        "Learned per-step reward `r(s_t, a_t)` over interleaved music / pose-code tokens (E3D2 stage 3), trained with",
-        "the Bradley-Terry loss on automatically-ranked pairs of eps-greedy behaviour-cloning demonstrations",
-        f"(lower noise preferred). Pairs: {pair_counts['train']} train, {pair_counts['eval_seen']} held-out on seen music,",
-        f"{pair_counts['eval_unseen']} held-out on unseen music; snippets of {config.snippet_length - 1} steps.",
-        "",
-        "## Pair accuracy (final epoch)",
-        "",
-        "| train pairs | held-out, seen music | held-out, unseen music |",
-        "|---|---|---|",
-        f"| {diagnostics['pair_accuracy_train']:.4f} | {diagnostics['pair_accuracy_seen']:.4f} | {diagnostics['pair_accuracy_unseen']:.4f} |",
-        "",
-        "## Learned return per noise level (whole demonstrations on unseen music)",
-        "",
-        "| noise level | mean | std | demonstrations |",
-        "|---|---|---|---|",
-    ]
-    for level, values in sorted(diagnostics["return_by_noise"].items(), key=lambda item: float(item[0])):
-        lines.append(f"| {level} | {values['mean']:.3f} | {values['std']:.3f} | {values['count']} |")
-    lines += [
-        "",
-        f"Falls monotonically with the noise level: **{diagnostics['monotonic']}**.",
-        "",
-        "## Recipe (section `reward`)",
-        "",
-        "| key | value |",
-        "|---|---|",
-        *(f"| {key} | {_card_value(getattr(config, key))} |" for key in CARD_KEYS),
-        "",
-        "## Use",
-        "",
-        "```python",
-        "import e3d2_hf.models.modeling_reward  # registers the model with the Auto classes",
-        "from transformers import AutoModel",
-        "model = AutoModel.from_pretrained(PATH)",
-        "total = model.score_trajectory(music_features, upper_codes, lower_codes).returns",
-        "```",
-        "",
-    ]
-    return "\n".join(lines)
+    by_noise = sorted(diagnostics["return_by_noise"].items(), key=lambda item: float(item[0]))
+    return build_model_card(
+        title="E3D2 reward model",
+        description=(
+            "Learned per-step reward `r(s_t, a_t)` over interleaved music / pose-code tokens (E3D2 stage 3), trained with "
+            "the Bradley-Terry loss on automatically-ranked pairs of eps-greedy behaviour-cloning demonstrations "
+            f"(lower noise preferred). Pairs: {pair_counts['train']} train, {pair_counts['eval_seen']} held-out on seen music, "
+            f"{pair_counts['eval_unseen']} held-out on unseen music; snippets of {config.snippet_length - 1} steps."
+        ),
+        tags=["reward-model", "bradley-terry"],
+        auto_class="AutoModel",
+        loaded_as="reward_model",
+        usage=["total = reward_model.score_trajectory(music_features, upper_codes, lower_codes).returns"],
+        tables=[
+            CardTable(
+                "Pair accuracy (final epoch)",
+                columns=["train pairs", "held-out, seen music", "held-out, unseen music"],
+                rows=[[diagnostics["pair_accuracy_train"], diagnostics["pair_accuracy_seen"], diagnostics["pair_accuracy_unseen"]]],
+            ),
+            CardTable(
+                "Learned return per noise level (whole demonstrations on unseen music)",
+                note=f"Falls monotonically with the noise level: **{diagnostics['monotonic']}**.",
+                columns=["noise level", "mean", "std", "demonstrations"],
+                rows=[[level, values["mean"], values["std"], values["count"]] for level, values in by_noise],
+            ),
+        ],
+        recipe=recipe_values(config, CARD_KEYS),
+        recipe_section="reward",
+    )
 
 
 def _final_metrics(trainer: RewardTrainer, eval_sets: dict[str, datasets.Dataset]) -> dict[str, float]:
@@ -366,8 +339,7 @@ def train_reward_model(config: RewardTrainingConfig) -> Path:
         }
     )
     is_main = config.process_index == 0
-    final_dir = Path(config.output_dir)
-    work_dir = final_dir.with_name(f".{final_dir.name}.training")
+    work_dir = config.work_dir
     if is_main:
         with atomic_directory(demonstrations_path.parent / "ranked_pairs") as tmp:
             pairs.save_to_disk(str(tmp))
@@ -414,15 +386,13 @@ def train_reward_model(config: RewardTrainingConfig) -> Path:
             "accuracy_per_epoch": accuracy_per_epoch(trainer.state.log_history),
             "return_scope": "whole eval_unseen demonstrations, steps 1..L-1, 29-step windows summed",
         }
-        with atomic_directory(final_dir) as tmp:
-            trainer.model.save_pretrained(tmp)
-            if (work_dir / "runs").exists():
-                shutil.move(str(work_dir / "runs"), str(tmp / "runs"))
-            (tmp / "diagnostics.json").write_text(json.dumps(diagnostics, indent=2) + "\n")
-            plot_diagnostics(tmp / "diagnostics.png", diagnostics["accuracy_per_epoch"], by_noise)
-            (tmp / "README.md").write_text(model_card(config, diagnostics, pair_counts))
-            (tmp / "training_config.json").write_text(config.to_json_string())
-        shutil.rmtree(work_dir, ignore_errors=True)
+        final_dir = finish(
+            config,
+            trainer.model,
+            model_card(config, diagnostics, pair_counts),
+            {"diagnostics.json": diagnostics},
+            write_extra=lambda folder: plot_diagnostics(folder / "diagnostics.png", diagnostics["accuracy_per_epoch"], by_noise),
+        )
         logger.info(
             "reward model -> %s: pair accuracy seen %.4f, unseen %.4f; return by noise %s (monotonic: %s)",
             final_dir,
@@ -432,7 +402,7 @@ def train_reward_model(config: RewardTrainingConfig) -> Path:
             diagnostics["monotonic"],
         )
     trainer.accelerator.wait_for_everyone()
-    return final_dir
+    return Path(config.output_dir)
 
 
 __all__ = [

@@ -11,40 +11,39 @@ Two phases, as Bailando trains them (../shared/docs/bailando-reference.md):
    is 0 (decoded dances then stand still).
 
 Both run through `transformers.Trainer` (tensorboard logs, checkpoints) inside a hidden work
-folder `RUN/.vqvae.training/{pose,root}`. With `resume` (default) a rerun continues from the last
-checkpoint there, or skips the pose phase if it already finished; a rerun with different model
-sizes is refused. A non-finite loss stops training with `E3D2Error`, keeping the checkpoints.
+folder `RUN/.vqvae.training/{pose,root}` (`e3d2_hf.trainers.base`, shared with behaviour cloning).
+With `resume` (default) a rerun continues from the last checkpoint there, or skips the pose phase if
+it already finished; a rerun with different model sizes is refused. A non-finite loss stops training
+with `E3D2Error`, keeping the checkpoints.
 
 At the end `RUN/vqvae` (= `output_dir`) appears complete: the `save_pretrained` folder (config.json,
 model.safetensors with the codebook EMA state), `eval.json` (held-out reconstruction MPJPE and
 codebook usage on val + test), a model card README.md with the recipe values, `training_config.json`
-and the tensorboard logs under `runs/`.
+and the tensorboard logs under `runs/pose` and `runs/root`.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from huggingface_hub import ModelCard
 from tqdm.auto import tqdm
-from transformers import TrainingArguments, set_seed
-from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType, get_last_checkpoint
+from transformers import set_seed
 
 from e3d2_hf.data.windows import SequenceWindows, split_columns
 from e3d2_hf.models.configuration_vqvae import VQVAEConfig
 from e3d2_hf.models.modeling_vqvae import E3D2VQVAE
 from e3d2_hf.motion.skeleton import NUM_JOINTS
-from e3d2_hf.trainers.base import StepDecayTrainer
-from e3d2_hf.recipe import RunLayout
-from e3d2_hf.utils import E3D2Error, atomic_directory, atomic_file
+from e3d2_hf.trainers.base import BAILANDO_CARD_KEYS, BailandoTrainingArguments, StepDecayTrainer, finish, last_checkpoint, prepare_work_dir
+from e3d2_hf.trainers.model_card import CardTable, build_model_card, recipe_values
+from e3d2_hf.utils import E3D2Error, atomic_directory
 
 logger = logging.getLogger(__name__)
 
@@ -66,16 +65,17 @@ MODEL_FIELDS = (
 
 
 @dataclass
-class VQVAETrainingConfig(TrainingArguments):
+class VQVAETrainingConfig(BailandoTrainingArguments):
     """The `vqvae:` section of a recipe: model sizes, windows, the two phases' schedules and `TrainingArguments`.
 
     Defaults are Bailando's (paper scale); `TrainingArguments` fields (`learning_rate`,
     `num_train_epochs`, `per_device_train_batch_size`, ...) describe the pose phase, the `root_*`
-    fields the root-velocity phase.
+    fields the root-velocity phase. The optimiser and the defaults shared with behaviour cloning are
+    `BailandoTrainingArguments`'.
     """
 
-    run_dir: str = field(default="runs/e3d2", metadata={"help": "Run folder: the prepared data is read from <run_dir>/data."})
-    data_path: str | None = field(default=None, metadata={"help": "Prepared DatasetDict (default: <run_dir>/data)."})
+    stage = "vqvae"
+
     window: int = field(default=240, metadata={"help": "Frames per training window (60 fps; a multiple of 8)."})
     window_stride: int = field(default=40, metadata={"help": "Frames between window starts in the pose phase."})
     channels: int = field(default=512, metadata={"help": "Convolution width of encoders and decoders."})
@@ -93,45 +93,21 @@ class VQVAETrainingConfig(TrainingArguments):
     lr_decay_epochs: list[int] = field(
         default_factory=lambda: [100, 200], metadata={"help": "Pose phase: epochs at which the learning rate is multiplied by lr_decay_factor."}
     )
-    lr_decay_factor: float = field(default=0.1, metadata={"help": "Learning-rate factor applied at each of the decay epochs."})
     root_window_stride: int = field(default=8, metadata={"help": "Root phase: frames between window starts."})
     root_per_device_train_batch_size: int = field(default=8, metadata={"help": "Root phase: windows per batch and device."})
     root_learning_rate: float = field(default=5e-5, metadata={"help": "Root phase: learning rate (constant)."})
     root_num_train_epochs: float = field(default=500.0, metadata={"help": "Root phase: epochs (0 skips the phase)."})
-    resume: bool = field(default=True, metadata={"help": "Continue from the checkpoints of an interrupted run of this stage."})
 
-    # TrainingArguments defaults replaced by Bailando's values and this stage's needs.
+    # Bailando's pose-phase schedule.
     learning_rate: float = 3e-5
-    adam_beta1: float = 0.5
-    adam_beta2: float = 0.999
-    weight_decay: float = 0.0
-    optim: str = "adamw_torch"  # with weight_decay 0 this is Adam
-    max_grad_norm: float = 0.0  # Bailando does not clip gradients
     num_train_epochs: float = 500.0
-    per_device_train_batch_size: int = 32
-    per_device_eval_batch_size: int = 32
-    lr_scheduler_type: SchedulerType | str = "constant"  # the step decay above is applied on top
-    seed: int = 0
-    save_strategy: SaveStrategy | str = "epoch"
-    save_total_limit: int | None = 2
-    eval_strategy: IntervalStrategy | str = "no"
-    logging_steps: float = 50
-    report_to: None | str | list[str] = "tensorboard"
-    prediction_loss_only: bool = True
-    remove_unused_columns: bool = False  # windows carry only `joints`; no signature inspection needed
 
     def __post_init__(self):
-        if self.output_dir is None:
-            self.output_dir = str(RunLayout(self.run_dir).vqvae)
-        if self.data_path is None:
-            self.data_path = str(RunLayout(self.run_dir).data)
         frames_per_code = 2**self.downsampling_layers
         if self.window < frames_per_code or self.window % frames_per_code:
             raise E3D2Error(f"vqvae: window must be a positive multiple of {frames_per_code} frames, got {self.window}")
         if self.window_stride < 1 or self.root_window_stride < 1 or self.root_per_device_train_batch_size < 1:
             raise E3D2Error("vqvae: window_stride, root_window_stride and root_per_device_train_batch_size must be positive")
-        if any(epoch < 1 for epoch in self.lr_decay_epochs) or not 0 < self.lr_decay_factor <= 1:
-            raise E3D2Error(f"vqvae: lr_decay_epochs must be positive and lr_decay_factor in (0, 1], got {self.lr_decay_epochs}, {self.lr_decay_factor}")
         if self.root_num_train_epochs < 0:
             raise E3D2Error(f"vqvae: root_num_train_epochs must not be negative, got {self.root_num_train_epochs}")
         super().__post_init__()
@@ -156,18 +132,11 @@ CARD_KEYS = (
     "window",
     "window_stride",
     *MODEL_FIELDS,
-    "learning_rate",
-    "adam_beta1",
-    "adam_beta2",
-    "per_device_train_batch_size",
-    "num_train_epochs",
-    "lr_decay_epochs",
-    "lr_decay_factor",
+    *BAILANDO_CARD_KEYS,
     "root_window_stride",
     "root_per_device_train_batch_size",
     "root_learning_rate",
     "root_num_train_epochs",
-    "seed",
 )
 
 
@@ -275,61 +244,43 @@ def evaluate_reconstruction(model: E3D2VQVAE, sequences: list[np.ndarray], progr
     }
 
 
-def model_card(config: VQVAETrainingConfig, evaluation: dict[str, Any], counts: dict[str, int]) -> str:
+def model_card(config: VQVAETrainingConfig, evaluation: dict[str, Any], counts: dict[str, int]) -> ModelCard:
     """README.md of the saved model: what it is, what it reached, the recipe values that made it."""
     heldout = evaluation.get("heldout", {})
     usage = heldout.get("codebook_usage", {})
-    lines = [
-        "---",
-        "library_name: transformers",
-        "tags: [e3d2, vq-vae, dance-generation, choreographic-memory]",
-        "---",
-        "# E3D2 VQ-VAE (choreographic memory)",
-        "",
-        "Bailando's upper/lower-body VQ-VAEs: 60 fps SMPL joints (root-relative) -> one code per 8 frames and body half,",
-        f"{config.codebook_size} codes each, plus a root-velocity decoder so decoded dances travel. Trained on",
-        f"{counts['train_sequences']} sequences ({counts['pose_windows']} windows of {config.window} frames), root decoder on",
-        f"{counts['root_windows']} windows; evaluated on the {heldout.get('num_sequences', 0)} held-out (val + test) sequences.",
-        "",
-        "## Held-out reconstruction",
-        "",
-        "| MPJPE root-relative (cm) | MPJPE with integrated root (cm) | upper codes used | lower codes used |",
-        "|---|---|---|---|",
-        f"| {heldout.get('mpjpe_cm', math.nan):.2f} | {heldout.get('mpjpe_global_cm', math.nan):.2f} "
-        f"| {usage.get('upper', {}).get('codes_used', 0)} | {usage.get('lower', {}).get('codes_used', 0)} |",
-        "",
-        "## Recipe (section `vqvae`)",
-        "",
-        "| key | value |",
-        "|---|---|",
-        *(f"| {key} | {getattr(config, key)} |" for key in CARD_KEYS),
-        "",
-        "## Use",
-        "",
-        "```python",
-        "from e3d2_hf.models.modeling_vqvae import E3D2VQVAE",
-        "vqvae = E3D2VQVAE.from_pretrained(PATH).eval()",
-        "upper_codes, lower_codes = vqvae.encode(joints)          # joints (B, T, 24, 3), T a multiple of 8",
-        "joints = vqvae.decode(upper_codes, lower_codes, root_start=None)",
-        "```",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def _check_resumable(work_dir: Path, model_config: VQVAEConfig) -> None:
-    """Refuse to resume a work folder made with other model sizes; record the sizes in a new one."""
-    record = work_dir / "model_config.json"
-    wanted = {name: getattr(model_config, name) for name in MODEL_FIELDS}
-    if record.is_file():
-        found = json.loads(record.read_text())
-        if found != wanted:
-            changed = sorted(name for name in wanted if found.get(name) != wanted[name])
-            raise E3D2Error(f"{work_dir}: an interrupted run with other model sizes ({', '.join(changed)}) is there; rerun with --resume false")
-        return
-    work_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_file(record, "w") as handle:
-        handle.write(json.dumps(wanted, indent=2) + "\n")
+    return build_model_card(
+        title="E3D2 VQ-VAE (choreographic memory)",
+        description=(
+            "Bailando's upper/lower-body VQ-VAEs: 60 fps SMPL joints (root-relative) -> one code per 8 frames and body half, "
+            f"{config.codebook_size} codes each, plus a root-velocity decoder so decoded dances travel. Trained on "
+            f"{counts['train_sequences']} sequences ({counts['pose_windows']} windows of {config.window} frames), the root decoder "
+            f"on {counts['root_windows']} windows."
+        ),
+        tags=["vq-vae", "choreographic-memory"],
+        auto_class="AutoModel",
+        loaded_as="vqvae",
+        usage=[
+            "upper_codes, lower_codes = vqvae.encode(joints)  # joints (B, T, 24, 3), T a multiple of 8",
+            "joints = vqvae.decode(upper_codes, lower_codes, root_start=None)",
+        ],
+        tables=[
+            CardTable(
+                "Held-out reconstruction",
+                note=f"The {heldout.get('num_sequences', 0)} held-out ({' + '.join(HELDOUT_SPLITS)}) sequences, whole.",
+                columns=["MPJPE root-relative (cm)", "MPJPE with integrated root (cm)", "upper codes used", "lower codes used"],
+                rows=[
+                    [
+                        heldout.get("mpjpe_cm"),
+                        heldout.get("mpjpe_global_cm"),
+                        usage.get("upper", {}).get("codes_used", 0),
+                        usage.get("lower", {}).get("codes_used", 0),
+                    ]
+                ],
+            )
+        ],
+        recipe=recipe_values(config, CARD_KEYS),
+        recipe_section="vqvae",
+    )
 
 
 def _run_phase(
@@ -340,10 +291,7 @@ def _run_phase(
         parameter.requires_grad_(not root_velocity_only)
     for parameter in model.root_velocity_parameters():
         parameter.requires_grad_(root_velocity_only)
-    output_dir = Path(arguments.output_dir)
-    checkpoint = get_last_checkpoint(str(output_dir)) if arguments.resume and output_dir.is_dir() else None
-    if checkpoint:
-        logger.info("vqvae: resuming the %s phase from %s", "root" if root_velocity_only else "pose", checkpoint)
+    checkpoint = last_checkpoint(arguments)
     set_seed(arguments.seed)
     trainer = VQVAETrainer(
         model=model,
@@ -365,14 +313,8 @@ def train_vqvae(config: VQVAETrainingConfig) -> Path:
     pose_windows = training_windows(sequences["train"], config.window, config.window_stride, source)
     root_windows = training_windows(sequences["train"], config.window, config.root_window_stride, source)
     model_config = config.model_config()
-
-    final_dir = Path(config.output_dir)
-    work_dir = final_dir.with_name(f".{final_dir.name}.training")
     is_main = config.process_index == 0
-    with config.main_process_first(desc="vqvae work folder"):
-        if is_main and not config.resume:
-            shutil.rmtree(work_dir, ignore_errors=True)
-        _check_resumable(work_dir, model_config)
+    work_dir = prepare_work_dir(config, {name: getattr(model_config, name) for name in MODEL_FIELDS})
 
     pose_model_dir = work_dir / "pose_model"
     if config.resume and (pose_model_dir / "config.json").is_file():
@@ -406,16 +348,13 @@ def train_vqvae(config: VQVAETrainingConfig) -> Path:
             "mpjpe_scope": "whole sequences cropped to a multiple of 8 frames; mpjpe_cm root-relative, mpjpe_global_cm with the integrated root",
         }
         counts = {"train_sequences": len(sequences["train"]), "pose_windows": len(pose_windows), "root_windows": len(root_windows)}
-        with atomic_directory(final_dir) as tmp:
-            model.save_pretrained(tmp)
-            for phase in ("pose", "root"):
-                logs = work_dir / phase / "runs"
-                if logs.is_dir():
-                    shutil.move(str(logs), str(tmp / "runs" / phase))
-            (tmp / "eval.json").write_text(json.dumps(evaluation, indent=2) + "\n")
-            (tmp / "README.md").write_text(model_card(config, evaluation, counts))
-            (tmp / "training_config.json").write_text(config.to_json_string())
-        shutil.rmtree(work_dir, ignore_errors=True)
+        final_dir = finish(
+            config,
+            model,
+            model_card(config, evaluation, counts),
+            {"eval.json": evaluation},
+            logs={f"runs/{phase}": work_dir / phase / "runs" for phase in ("pose", "root")},
+        )
         logger.info(
             "vqvae -> %s: held-out MPJPE %.2f cm (root-relative), %.2f cm (integrated root); codes used upper %d, lower %d",
             final_dir,
@@ -424,7 +363,7 @@ def train_vqvae(config: VQVAETrainingConfig) -> Path:
             evaluation["heldout"].get("codebook_usage", {}).get("upper", {}).get("codes_used", 0),
             evaluation["heldout"].get("codebook_usage", {}).get("lower", {}).get("codes_used", 0),
         )
-    return final_dir
+    return Path(config.output_dir)
 
 
 __all__ = [
