@@ -191,8 +191,9 @@ def _ppo_worker(result: Path, steps: int, threads: int) -> None:
     from e3d2_hf.models.modeling_policy import E3D2PolicyModel
     from e3d2_hf.models.modeling_reward import E3D2RewardModel
     from e3d2_hf.rl.environment import MusicSegments
-    from e3d2_hf.trainers.ppo import PPOConfig, PPOTrainer
     from e3d2_hf.rl.rewards import LearnedReward
+    from e3d2_hf.trainers.ppo_config import PPOConfig
+    from e3d2_hf.trainers.ppo_trainer import PPOTrainer
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

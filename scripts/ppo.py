@@ -14,7 +14,8 @@ simple launcher); use `--multi_gpu` (or `torchrun --nproc_per_node 2`) to get tw
 import sys
 
 from e3d2_hf.recipe import run_stage
-from e3d2_hf.trainers.ppo import PPOConfig, train_ppo
+from e3d2_hf.trainers.ppo import train_ppo
+from e3d2_hf.trainers.ppo_config import PPOConfig
 
 if __name__ == "__main__":
     sys.exit(run_stage("ppo", PPOConfig, train_ppo))

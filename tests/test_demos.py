@@ -17,7 +17,8 @@ from e3d2_hf.data.demonstrations import DEMONSTRATION_SPLITS, load_demonstration
 from e3d2_hf.models.configuration_policy import PolicyConfig
 from e3d2_hf.models.modeling_policy import E3D2PolicyModel
 from e3d2_hf.recipe import parse_recipe, run_stage
-from e3d2_hf.trainers.demos import DemosConfig, Piece, RolloutBatch, generate_demonstrations, plan_batches, roll_out
+from e3d2_hf.rl.environment import Piece
+from e3d2_hf.trainers.demos import DemosConfig, RolloutBatch, generate_demonstrations, plan_batches, roll_out
 from e3d2_hf.utils import E3D2Error
 
 from conftest import tiny_vqvae, write_prepared

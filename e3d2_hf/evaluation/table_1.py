@@ -2,13 +2,12 @@
 
     python scripts/eval.py recipes/tiny.yaml            # -> RUN/eval/metrics.json, RUN/eval/metrics.md
 
-Protocol (method.md, metrics.md): one dance per held-out piece (`splits`, paper: the 40 AIST++
-val + test pieces), starting from the pose code of its ground-truth dance's first 8 frames and cut
-to the first `eval_seconds` (paper: 20 s); FID_k, FID_g, Div_k, Div_g against the features of every
-dance of the dataset, BAS against each piece's music beats, PFC. The ground-truth row scores the
-held-out ground-truth dances, cut the same way, with the same code. Each policy also gets the mean
-learned return of its dances (when RUN/reward exists), and the reward model's held-out pair accuracy
-(RUN/reward/diagnostics.json) is reported beside the table.
+Each policy's row is the held-out evaluation (`e3d2_hf.evaluation.heldout`, the one PPO's periodic
+evaluation uses too): one dance per held-out piece (`splits`, paper: the 40 AIST++ val + test
+pieces) from its ground-truth first pose code, the first `eval_seconds` (paper: 20 s), scored by
+FID_k, FID_g, Div_k, Div_g, BAS, PFC and, when RUN/reward exists, the mean learned return. The
+ground-truth row scores the held-out ground-truth dances, cut the same way, with the same code. The
+reward model's held-out pair accuracy (RUN/reward/diagnostics.json) is reported beside the table.
 """
 
 from __future__ import annotations
@@ -16,23 +15,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
 from e3d2_hf.data.prepare import load_prepared
-from e3d2_hf.trainers.pose_codes import load_or_encode_codes
-from e3d2_hf.metrics import evaluate_dances, ground_truth_features
+from e3d2_hf.evaluation.heldout import GroundTruth, HeldOutEvaluation, held_out_pieces
 from e3d2_hf.metrics.protocol import METRIC_KEYS
-from e3d2_hf.trainers.distributed import seed_of
-from e3d2_hf.rl.environment import Episodes, HeldOutPieces
-from e3d2_hf.trainers.loading import load_policy, load_reward_model
-from e3d2_hf.rl.rewards import LearnedReward
 from e3d2_hf.recipe import RunLayout
+from e3d2_hf.rl.rewards import LearnedReward
+from e3d2_hf.trainers.loading import load_run_policy, load_run_reward_model
+from e3d2_hf.trainers.pose_codes import load_or_encode_codes
 from e3d2_hf.utils import E3D2Error, atomic_file
 
 logger = logging.getLogger(__name__)
@@ -73,37 +66,30 @@ class EvalConfig:
             raise E3D2Error("eval: batch_size and temperature must be positive")
 
 
-def _scores(clips: dict[str, np.ndarray], reference: Any, beats: dict[str, np.ndarray], what: str) -> dict[str, float | None]:
-    """`evaluate_dances`, its warnings logged once (they are about the data, not errors)."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        scores = evaluate_dances(clips, reference, {name: beats[name] for name in clips})
-    for warning in caught:
-        logger.warning("%s: %s", what, warning.message)
-    return scores
+def policy_evaluation(
+    policy_path: str, config: EvalConfig, data: Any, ground_truth: GroundTruth, reward: LearnedReward | None
+) -> tuple[dict[str, Any], HeldOutEvaluation]:
+    """One policy's row of the table (the paper's metrics + learned return), and the held-out evaluation it came from.
 
-
-@torch.no_grad()
-def policy_row(policy_path: str, config: EvalConfig, data: Any, reference: Any, reward: LearnedReward | None) -> tuple[dict[str, Any], HeldOutPieces]:
-    """The paper's metrics (+ learned return) of one policy's dances to the held-out music."""
-    policy = load_policy(policy_path).eval()
+    The pieces are read from the pose codes of the policy's own VQ-VAE (its first codes a_0).
+    """
+    policy = load_run_policy(policy_path).eval()
     vqvae = policy.load_vqvae()
     codes = load_or_encode_codes(config.run_dir, vqvae, data_path=config.data_path, progress=False)
-    frames_per_step = vqvae.config.frames_per_code
-    max_steps = None if config.eval_seconds is None else max(2, round(config.eval_seconds * vqvae.config.fps / frames_per_step))
-    pieces = HeldOutPieces.from_codes([codes[split] for split in config.splits], [data[split] for split in config.splits], frames_per_step, max_steps)
-    generator = torch.Generator(device=policy.device).manual_seed(seed_of(config.seed, -2))  # the same random numbers for every policy
-    clips, returns = {}, []
-    for rows in pieces.batches(config.batch_size):
-        upper, lower, music, steps = pieces.dance(
-            policy, rows, do_sample=config.do_sample, temperature=config.temperature, top_k=config.top_k, generator=generator
-        )
-        clips.update(pieces.joints(vqvae, rows, upper, lower))
-        if reward is not None:
-            returns.append(reward.returns(Episodes(upper, lower, music, torch.zeros(0)), steps=torch.as_tensor(steps)).cpu())
-    row = _scores(clips, reference, pieces.music_beats, policy_path)
-    row["learned_return"] = float(torch.cat(returns).mean()) if returns else None
-    return row, pieces
+    evaluation = HeldOutEvaluation(
+        held_out_pieces(codes, data, config.splits, config.eval_seconds, vqvae.config),
+        ground_truth,
+        reward,
+        batch_size=config.batch_size,
+        do_sample=config.do_sample,
+        temperature=config.temperature,
+        top_k=config.top_k,
+        seed=config.seed,
+    )
+    dances = evaluation.dance(policy)
+    row = evaluation.scores(dances.clips, policy_path)
+    row["learned_return"] = dances.learned_return
+    return row, evaluation
 
 
 def evaluate_run(config: EvalConfig) -> dict[str, Any]:
@@ -112,11 +98,8 @@ def evaluate_run(config: EvalConfig) -> dict[str, Any]:
     unknown = [split for split in config.splits if split not in data]
     if unknown:
         raise E3D2Error(f"eval: splits {unknown} are not splits of {config.data_path} ({', '.join(data)})")
-    every_dance = {
-        row["name"]: np.asarray(row["joints"], dtype=np.float32) for split in data.values() for row in split.with_format("numpy", columns=["name", "joints"])
-    }
-    reference = ground_truth_features(every_dance)
-    reward_model = load_reward_model(config.reward_model_path, required=False)
+    ground_truth = GroundTruth.from_prepared(data)
+    reward_model = load_run_reward_model(config.reward_model_path, required=False)
     reward = LearnedReward(reward_model) if reward_model is not None else None
 
     table: dict[str, Any] = {}
@@ -124,22 +107,20 @@ def evaluate_run(config: EvalConfig) -> dict[str, Any]:
     if not (Path(config.e3d2_path) / "config.json").is_file():
         logger.warning("eval: no PPO policy at %s (run scripts/ppo.py); the table has ground truth and BC only", config.e3d2_path)
         del rows["e3d2"]
-    pieces = None
+    evaluation = None
     for label, path in rows.items():
-        table[label], pieces = policy_row(path, config, data, reference, reward)
-    frames = {name: len(beats) for name, beats in pieces.music_beats.items()}
-    ground_truth = {name: every_dance[name][: frames[name]] for name in pieces.names}
-    table = {"ground_truth": _scores(ground_truth, reference, pieces.music_beats, "ground truth"), **table}
+        table[label], evaluation = policy_evaluation(path, config, data, ground_truth, reward)
+    table = {"ground_truth": evaluation.scores(ground_truth.clips(evaluation.pieces), "ground truth"), **table}
 
     diagnostics_file = Path(config.reward_model_path) / "diagnostics.json"
     if diagnostics_file.is_file():
         diagnostics = json.loads(diagnostics_file.read_text())
         table["reward_model"] = {key: diagnostics.get(key) for key in ("pair_accuracy_seen", "pair_accuracy_unseen", "pair_accuracy_train", "monotonic")}
     table["protocol"] = {
-        "pieces": len(pieces.names),
+        "pieces": len(evaluation.pieces),
         "splits": list(config.splits),
         "eval_seconds": config.eval_seconds,
-        "ground_truth_clips": len(every_dance),
+        "ground_truth_clips": len(ground_truth.dances),
         "config": dataclasses.asdict(config),
     }
     output_dir = Path(config.output_dir)
@@ -176,4 +157,4 @@ def format_table_1(table: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["EvalConfig", "evaluate_run", "format_table_1", "policy_row"]
+__all__ = ["EvalConfig", "evaluate_run", "format_table_1", "policy_evaluation"]

@@ -1,1 +1,1 @@
-"""The MDP PPO optimises: music segments, episodes, held-out pieces, and the reward functions."""
+"""The MDP PPO optimises (music segments, episodes, pieces to dance to), the reward functions, PPO's formulas and seeding."""

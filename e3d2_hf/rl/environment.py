@@ -13,9 +13,10 @@ plus its 7.5 fps music and 60 fps beat track, column 53 of the music features, w
 hand-designed reward needs). Segments are cut from it in memory (`window_index`, one every
 `segment_stride` steps).
 
-Held-out pieces (`HeldOutPieces`) are the val/test music for periodic evaluation: each starts from
-the codes of its ground-truth dance's first step (its first 8 frames) and dances to the whole music
-or its first `max_steps` steps.
+Pieces of music to dance to (`Piece`, read from a pose-code split by `pieces_of`) start from the
+codes of their ground-truth dance's first step (its first 8 frames) and last the whole music or its
+first `max_steps` steps. The demonstrations dance to them; `HeldOutPieces` batches the val/test
+pieces, with their beats and first root positions, for the held-out evaluation.
 """
 
 from __future__ import annotations
@@ -140,6 +141,43 @@ class MusicSegments:
         )
 
 
+@dataclass(frozen=True)
+class Piece:
+    """One piece of music to dance to: its initial codes a_0, its music (steps, D) and its names."""
+
+    name: str
+    music_id: str
+    first_upper: int
+    first_lower: int
+    music_features: np.ndarray
+
+    @property
+    def steps(self) -> int:
+        return len(self.music_features)
+
+
+def pieces_of(codes: datasets.Dataset, max_steps: int | None) -> list[Piece]:
+    """The pieces of a pose-code split (`e3d2_hf.trainers.pose_codes`), each cut to `max_steps` (None: the whole music)."""
+    table = codes.with_format("numpy", columns=["name", "music_id", "upper_codes", "lower_codes", "music_features_7p5"])
+    pieces = []
+    for row in table:
+        steps = len(row["upper_codes"]) if max_steps is None else min(len(row["upper_codes"]), max_steps)
+        if steps < 2:
+            raise E3D2Error(
+                f"pose codes: sequence '{row['name']}' has {len(row['upper_codes'])} step(s); dancing to it needs at least 2 (a_0 and one action)"
+            )
+        pieces.append(
+            Piece(
+                name=str(row["name"]),
+                music_id=str(row["music_id"]),
+                first_upper=int(row["upper_codes"][0]),
+                first_lower=int(row["lower_codes"][0]),
+                music_features=np.asarray(row["music_features_7p5"][:steps], dtype=np.float32),
+            )
+        )
+    return pieces
+
+
 @dataclass
 class HeldOutPieces:
     """Held-out music to dance to during evaluation, in one right-padded batch.
@@ -208,38 +246,32 @@ class HeldOutPieces:
     def from_codes(
         cls, codes: list[datasets.Dataset], prepared: list[datasets.Dataset], frames_per_step: int, max_steps: int | None
     ) -> HeldOutPieces:
-        """Pieces of pose-code splits (their first codes, music, beats) with their prepared splits' first roots.
+        """The `pieces_of` pose-code splits, with their beats and their prepared splits' first roots.
 
         Each piece is cut to `max_steps` steps (None: the whole music).
         """
-        names, uppers, lowers, musics, steps, beats, roots = [], [], [], [], [], {}, []
+        pieces, beats, roots = [], {}, []
         for code_split, prepared_split in zip(codes, prepared):
             if list(code_split["name"]) != list(prepared_split["name"]):
                 raise E3D2Error("pose codes: their sequences differ from the prepared split's (stale cache?); delete RUN/pose_codes")
-            table = code_split.with_format("numpy", columns=["name", "upper_codes", "lower_codes", "music_features_7p5", "music_beats"])
-            first_roots = [np.asarray(joints[0, 0], dtype=np.float32) for joints in prepared_split.with_format("numpy", columns=["joints"])["joints"]]
-            for row, root in zip(table, first_roots):
-                piece_steps = len(row["upper_codes"]) if max_steps is None else min(len(row["upper_codes"]), max_steps)
-                if piece_steps < 2:
-                    raise E3D2Error(f"held-out sequence '{row['name']}': too short to dance ({len(row['upper_codes'])} pose-code steps)")
-                names.append(str(row["name"]))
-                uppers.append(torch.as_tensor(np.asarray(row["upper_codes"][:1], dtype=np.int64)))
-                lowers.append(torch.as_tensor(np.asarray(row["lower_codes"][:1], dtype=np.int64)))
-                musics.append(torch.as_tensor(np.asarray(row["music_features_7p5"][:piece_steps], dtype=np.float32)))
-                steps.append(piece_steps)
-                beats[names[-1]] = np.asarray(row["music_beats"][: piece_steps * frames_per_step], dtype=np.float32)
-                roots.append(torch.as_tensor(root))
-        longest = max(steps, default=0)
-        padded = [torch.nn.functional.pad(music, (0, 0, 0, longest - len(music))) for music in musics]
+            split_pieces = pieces_of(code_split, max_steps)
+            tracks = code_split.with_format("numpy", columns=["music_beats"])["music_beats"]
+            first_roots = prepared_split.with_format("numpy", columns=["joints"])["joints"]
+            for piece, track, joints in zip(split_pieces, tracks, first_roots):
+                beats[piece.name] = np.asarray(track[: piece.steps * frames_per_step], dtype=np.float32)
+                roots.append(torch.as_tensor(np.asarray(joints[0, 0], dtype=np.float32)))
+            pieces += split_pieces
+        longest = max((piece.steps for piece in pieces), default=0)
+        padded = [torch.nn.functional.pad(torch.as_tensor(piece.music_features), (0, 0, 0, longest - piece.steps)) for piece in pieces]
         return cls(
-            names,
-            torch.stack(uppers) if uppers else torch.zeros(0, 1, dtype=torch.long),
-            torch.stack(lowers) if lowers else torch.zeros(0, 1, dtype=torch.long),
+            [piece.name for piece in pieces],
+            torch.tensor([piece.first_upper for piece in pieces], dtype=torch.long)[:, None],
+            torch.tensor([piece.first_lower for piece in pieces], dtype=torch.long)[:, None],
             torch.stack(padded) if padded else torch.zeros(0, 0, 0),
-            np.asarray(steps, dtype=np.int64),
+            np.asarray([piece.steps for piece in pieces], dtype=np.int64),
             beats,
             torch.stack(roots) if roots else torch.zeros(0, 3),
         )
 
 
-__all__ = ["Episodes", "HeldOutPieces", "MusicSegments"]
+__all__ = ["Episodes", "HeldOutPieces", "MusicSegments", "Piece", "pieces_of"]

@@ -37,13 +37,15 @@ import torch
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
-from e3d2_hf.data.prepare import load_prepared
-from e3d2_hf.trainers.pose_codes import load_or_encode_codes
 from e3d2_hf.data.demonstrations import DEMONSTRATION_SPLITS, demonstration_features
+from e3d2_hf.data.prepare import load_prepared
 from e3d2_hf.models.modeling_policy import E3D2PolicyModel
-from e3d2_hf.trainers.distributed import make_accelerator, seed_of
-from e3d2_hf.trainers.loading import load_policy
 from e3d2_hf.recipe import RunLayout
+from e3d2_hf.rl.environment import Piece, pieces_of
+from e3d2_hf.rl.seeding import seed_of
+from e3d2_hf.trainers.distributed import make_accelerator
+from e3d2_hf.trainers.loading import load_run_policy
+from e3d2_hf.trainers.pose_codes import load_or_encode_codes
 from e3d2_hf.utils import E3D2Error, atomic_directory, atomic_file
 
 logger = logging.getLogger(__name__)
@@ -99,41 +101,6 @@ class DemosConfig:
             problems.append("heldout_splits must name at least one prepared split (the unseen music)")
         if problems:
             raise E3D2Error("demos: " + "; ".join(problems))
-
-
-@dataclass(frozen=True)
-class Piece:
-    """One piece of music to dance to: its initial codes a_0, its music (steps, D) and its names."""
-
-    name: str
-    music_id: str
-    first_upper: int
-    first_lower: int
-    music_features: np.ndarray
-
-    @property
-    def steps(self) -> int:
-        return len(self.music_features)
-
-
-def pieces_of(codes: datasets.Dataset, max_steps: int | None) -> list[Piece]:
-    """The pieces of a pose-code split (`e3d2_hf.trainers.pose_codes`), each cut to `max_steps`."""
-    table = codes.with_format("numpy", columns=["name", "music_id", "upper_codes", "lower_codes", "music_features_7p5"])
-    pieces = []
-    for row in table:
-        steps = len(row["upper_codes"]) if max_steps is None else min(len(row["upper_codes"]), max_steps)
-        if steps < 2:
-            raise E3D2Error(f"pose codes: sequence '{row['name']}' has {len(row['upper_codes'])} step(s); a demonstration needs at least 2")
-        pieces.append(
-            Piece(
-                name=str(row["name"]),
-                music_id=str(row["music_id"]),
-                first_upper=int(row["upper_codes"][0]),
-                first_lower=int(row["lower_codes"][0]),
-                music_features=np.asarray(row["music_features_7p5"][:steps], dtype=np.float32),
-            )
-        )
-    return pieces
 
 
 @dataclass(frozen=True)
@@ -211,7 +178,7 @@ def generate_demonstrations(config: DemosConfig) -> Path:
     accelerator = make_accelerator("demos", use_cpu=config.use_cpu, mixed_precision=config.mixed_precision)
     try:
         torch.manual_seed(config.seed)
-        policy = load_policy(config.policy_path).to(accelerator.device).eval()
+        policy = load_run_policy(config.policy_path).to(accelerator.device).eval()
         vqvae = policy.load_vqvae().to(accelerator.device)
         data = load_prepared(config.data_path)
         missing = [split for split in ("train", *config.heldout_splits) if split not in data]
@@ -281,4 +248,4 @@ def write_demonstrations(output_dir: Path, rows: list[dict[str, Any]], music_dim
     )  # fmt: skip
 
 
-__all__ = ["DemosConfig", "Piece", "RolloutBatch", "generate_demonstrations", "pieces_of", "plan_batches", "roll_out"]
+__all__ = ["DemosConfig", "RolloutBatch", "generate_demonstrations", "plan_batches", "roll_out"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 
@@ -48,9 +47,4 @@ def make_accelerator(
     return accelerator
 
 
-def seed_of(*parts: int) -> int:
-    """A 63-bit seed derived from (seed, step, rank, ...): randomness that is a function of where it is used."""
-    return int(np.random.SeedSequence([int(part) % 2**63 for part in parts]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
-
-
-__all__ = ["has_gpu", "make_accelerator", "seed_of"]
+__all__ = ["has_gpu", "make_accelerator"]

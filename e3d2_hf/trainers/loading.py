@@ -1,4 +1,9 @@
-"""Loading a stage's inputs from the run folder, with errors that name the folder and the stage that makes it."""
+"""A stage's trained inputs from the run folder, with errors that name the folder and the stage that makes it.
+
+Not `e3d2_hf.inference.load_policy`, which resolves Hub ids and any saved policy for dancing: these
+read one run's own folders (RUN/bc, RUN/ppo/policy, RUN/reward) for the stages that build on them
+(demonstrations, PPO, Table 1), and say which script to run when one is missing.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from e3d2_hf.models.modeling_policy import E3D2PolicyModel
 from e3d2_hf.utils import E3D2Error
 
 
-def load_policy(path: str | Path) -> E3D2PolicyModel:
+def load_run_policy(path: str | Path) -> E3D2PolicyModel:
     """The behaviour-cloning policy at `path` (a `save_pretrained` folder with its VQ-VAE)."""
     path = Path(path)
     if not (path / "config.json").is_file():
@@ -20,7 +25,7 @@ def load_policy(path: str | Path) -> E3D2PolicyModel:
         raise E3D2Error(f"{path}: cannot load the behaviour-cloning policy ({type(exc).__name__}: {exc})") from exc
 
 
-def load_reward_model(path: str | Path, required: bool) -> Any | None:
+def load_run_reward_model(path: str | Path, required: bool) -> Any | None:
     """The reward model at `path`; None if absent and not `required`."""
     from e3d2_hf.models.modeling_reward import E3D2RewardModel
 
@@ -35,4 +40,4 @@ def load_reward_model(path: str | Path, required: bool) -> Any | None:
         raise E3D2Error(f"{path}: cannot load the reward model ({type(exc).__name__}: {exc})") from exc
 
 
-__all__ = ["load_policy", "load_reward_model"]
+__all__ = ["load_run_policy", "load_run_reward_model"]

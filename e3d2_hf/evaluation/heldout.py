@@ -1,0 +1,204 @@
+"""The one held-out evaluation: policies dance to the held-out music with the same random numbers and are scored alike.
+
+Protocol (method.md, metrics.md): one dance per held-out piece (paper: the 40 AIST++ val + test
+pieces), starting from the pose code of its ground-truth dance's first 8 frames and cut to the
+first `eval_seconds` (paper: 20 s); sampled with a generator seeded by `seed_of(seed, -2)`, so every
+policy compared faces the same random numbers. Each policy's dances get
+
+- the learned return (the reward model's, paper Eq. 4), when a reward model is given;
+- the exact per-step KL to a reference policy (PPO: pi_BC), when one is given;
+- FID_k, FID_g, Div_k, Div_g against the features of every dance of the dataset (`GroundTruth`),
+  BAS against each piece's music beats, and PFC (`e3d2_hf.metrics.evaluate_dances`).
+
+Two users: Table 1 (`e3d2_hf.evaluation.table_1`) and PPO's periodic and final evaluations, which
+`e3d2_hf.trainers.ppo.train_ppo` hands to the trainer as its `evaluator`. The trainer itself never
+imports this module; and this module imports only `rl/`, `models/` and `metrics/`, nothing of
+`trainers/` or of the rest of `evaluation/`, so the stage that builds the callback adds no cycle.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import datasets
+import numpy as np
+import torch
+
+from e3d2_hf.metrics import evaluate_dances, ground_truth_features
+from e3d2_hf.rl.environment import Episodes, HeldOutPieces
+from e3d2_hf.rl.ppo_formulas import categorical_kl, sampling_logits
+from e3d2_hf.rl.rewards import LearnedReward
+from e3d2_hf.rl.seeding import seed_of
+from e3d2_hf.utils import E3D2Error
+
+if TYPE_CHECKING:
+    from e3d2_hf.models.configuration_vqvae import VQVAEConfig
+    from e3d2_hf.models.modeling_policy import E3D2PolicyModel
+
+logger = logging.getLogger(__name__)
+
+
+def held_out_steps(eval_seconds: float | None, fps: float, frames_per_step: int) -> int | None:
+    """Pose-code steps of the first `eval_seconds` of a piece: max(2, round(S * fps / frames_per_step)); None: the whole piece."""
+    return None if eval_seconds is None else max(2, round(eval_seconds * fps / frames_per_step))
+
+
+def held_out_pieces(
+    codes: datasets.DatasetDict, data: datasets.DatasetDict, splits: list[str], eval_seconds: float | None, vqvae_config: VQVAEConfig
+) -> HeldOutPieces:
+    """The pieces of the held-out `splits`, from their pose codes (`codes`) and prepared dances (`data`), each cut to `eval_seconds`."""
+    frames_per_step = vqvae_config.frames_per_code
+    max_steps = held_out_steps(eval_seconds, vqvae_config.fps, frames_per_step)
+    return HeldOutPieces.from_codes([codes[split] for split in splits], [data[split] for split in splits], frames_per_step, max_steps)
+
+
+@dataclass
+class GroundTruth:
+    """Every dance of the prepared dataset (name -> 60 fps joints) and its features, the reference FID and Div compare with."""
+
+    dances: dict[str, np.ndarray]
+    features: Any
+
+    @classmethod
+    def from_prepared(cls, data: datasets.DatasetDict) -> GroundTruth:
+        dances = {
+            row["name"]: np.asarray(row["joints"], dtype=np.float32)
+            for split in data.values()
+            for row in split.with_format("numpy", columns=["name", "joints"])
+        }
+        return cls(dances, ground_truth_features(dances))
+
+    def clips(self, pieces: HeldOutPieces) -> dict[str, np.ndarray]:
+        """The ground-truth dances of the held-out pieces, cut to the frames the policies dance."""
+        frames = {name: len(beats) for name, beats in pieces.music_beats.items()}
+        return {name: self.dances[name][: frames[name]] for name in pieces.names}
+
+
+@dataclass
+class HeldOutDances:
+    """One policy's dances to the held-out pieces: clip name -> joints, learned return per piece, exact per-step KL."""
+
+    clips: dict[str, np.ndarray]
+    learned_returns: torch.Tensor | None
+    kl: float | None
+
+    @property
+    def learned_return(self) -> float | None:
+        """Mean learned return over the pieces."""
+        return float(self.learned_returns.mean()) if self.learned_returns is not None else None
+
+
+class HeldOutEvaluation:
+    """Dance every policy to the same held-out pieces with the same random numbers, then score the dances.
+
+    Args:
+        pieces: the held-out pieces (`held_out_pieces`).
+        ground_truth: the dataset's dances and features; None skips decoding and the paper's metrics.
+        learned_reward: scores the learned return of each dance; None skips it.
+        batch_size: pieces danced together.
+        do_sample: sample the dances (seeded); false: greedy.
+        temperature, top_k: the sampling distribution (also the one the KL is measured under).
+        seed: the run's seed; the dances use `seed_of(seed, -2)`.
+    """
+
+    def __init__(
+        self,
+        pieces: HeldOutPieces,
+        ground_truth: GroundTruth | None = None,
+        learned_reward: LearnedReward | None = None,
+        *,
+        batch_size: int,
+        do_sample: bool,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        seed: int = 0,
+    ):
+        self.pieces, self.ground_truth, self.learned_reward = pieces, ground_truth, learned_reward
+        self.batch_size, self.do_sample, self.temperature, self.top_k, self.seed = batch_size, do_sample, temperature, top_k, seed
+
+    def __len__(self) -> int:
+        return len(self.pieces)
+
+    @torch.no_grad()
+    def dance(self, policy: E3D2PolicyModel, reference_policy: E3D2PolicyModel | None = None) -> HeldOutDances:
+        """The policy's dances to every piece, with their learned returns and their exact per-step KL to `reference_policy`."""
+        pieces, device = self.pieces, policy.device
+        generator = torch.Generator(device=device).manual_seed(seed_of(self.seed, -2))  # the same random numbers for every policy
+        returns, kls, clips = [], [], {}
+        for rows in pieces.batches(self.batch_size):
+            upper, lower, music, steps = pieces.dance(
+                policy, rows, do_sample=self.do_sample, temperature=self.temperature, top_k=self.top_k, generator=generator
+            )
+            if self.learned_reward is not None:
+                episodes = Episodes(upper, lower, music, torch.zeros(0))
+                returns.append(self.learned_reward.returns(episodes, steps=torch.as_tensor(steps)).cpu())
+            if reference_policy is not None:
+                mask = torch.arange(1, upper.shape[1], device=device)[None] < torch.as_tensor(steps, device=device)[:, None]
+                kls.append(self.exact_kl(policy, reference_policy, upper, lower, music, mask).cpu())
+            if self.ground_truth is not None and policy.vqvae is not None:
+                clips.update(pieces.joints(policy.vqvae, rows, upper, lower))
+        return HeldOutDances(
+            clips=clips,
+            learned_returns=torch.cat(returns) if returns else None,
+            kl=float(torch.cat(kls).sum() / float((pieces.steps - 1).sum())) if kls else None,
+        )
+
+    def exact_kl(
+        self,
+        policy: E3D2PolicyModel,
+        reference_policy: E3D2PolicyModel,
+        upper: torch.Tensor,
+        lower: torch.Tensor,
+        music: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """Per dance, sum over steps of KL(pi(.|s_t) || pi_ref(.|s_t)) = KL_upper + KL_lower (exact, from the logits)."""
+        ours = policy.log_probs(upper, lower, music)
+        reference = reference_policy.log_probs(upper, lower, music)
+        total = torch.zeros_like(mask, dtype=torch.float32)
+        for half in ("upper_logits", "lower_logits"):
+            log_p = sampling_logits(getattr(ours, half), self.temperature, self.top_k).log_softmax(-1)
+            log_q = sampling_logits(getattr(reference, half), self.temperature, self.top_k).log_softmax(-1)
+            total += categorical_kl(log_p, log_q)
+        return (total * mask).sum(-1)
+
+    def scores(self, clips: dict[str, np.ndarray], what: str, log_level: int = logging.WARNING) -> dict[str, float | None]:
+        """The paper's metrics of `clips` against the ground truth; their warnings (about the data, not errors) logged once each."""
+        beats = {name: self.pieces.music_beats[name] for name in clips}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            scores = evaluate_dances(clips, self.ground_truth.features, beats)
+        for message in dict.fromkeys(str(warning.message) for warning in caught):
+            logger.log(log_level, "%s: %s", what, message)
+        return scores
+
+    def evaluate(self, policy: E3D2PolicyModel, reference_policy: E3D2PolicyModel) -> dict[str, Any]:
+        """PPO's evaluation record: learned return (total and per step), exact per-step KL to pi_BC, the paper's metrics.
+
+        Metrics that cannot be computed (fewer than 2 clips, degenerate data) are None: an
+        evaluation never stops training. The metrics' warnings, which repeat at every evaluation,
+        are logged at INFO.
+        """
+        dances = self.dance(policy, reference_policy)
+        per_step = dances.learned_returns / torch.as_tensor(self.pieces.steps - 1) if dances.learned_returns is not None else None
+        return {
+            "learned_return": dances.learned_return,
+            "learned_return_per_step": float(per_step.mean()) if per_step is not None else None,
+            "kl": dances.kl,
+            "metrics": self._metrics_while_training(dances.clips) if dances.clips else None,
+        }
+
+    def _metrics_while_training(self, clips: dict[str, np.ndarray]) -> dict[str, float | None] | None:
+        if len(clips) < 2:
+            return None
+        try:
+            return self.scores(clips, "held-out evaluation", log_level=logging.INFO)
+        except E3D2Error as exc:
+            logger.warning("evaluation metrics skipped: %s", exc)
+            return None
+
+
+__all__ = ["GroundTruth", "HeldOutDances", "HeldOutEvaluation", "held_out_pieces", "held_out_steps"]

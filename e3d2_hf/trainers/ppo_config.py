@@ -1,0 +1,142 @@
+"""The `ppo:` section of a recipe: every setting of stage 4 (PPO fine-tuning), defaults from the paper's Table 7.
+
+A config dataclass beside its trainer, as TRL keeps them: `e3d2_hf.trainers.ppo_trainer.PPOTrainer`
+reads it, `e3d2_hf.trainers.ppo.train_ppo` runs the stage from it, and `e3d2_hf.recipe.parse_recipe`
+fills it from a recipe and the command line. Paths default to the run folder's (`RunLayout`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from e3d2_hf.recipe import RunLayout
+from e3d2_hf.rl.rewards import BAILANDO_BEAT_REWARD
+from e3d2_hf.utils import E3D2Error
+
+REWARDS = ("learned", "beat")
+ADVANTAGE_ESTIMATORS = ("return", "gae")
+
+
+@dataclass
+class PPOConfig:
+    """The `ppo:` section of a recipe. Defaults are the paper's (Table 7) where it gives them."""
+
+    # Where things are
+    run_dir: str = field(default="runs/e3d2", metadata={"help": "Run folder (data, bc, reward are read from it)."})
+    output_dir: str | None = field(default=None, metadata={"help": "Default <run_dir>/ppo."})
+    policy_path: str | None = field(default=None, metadata={"help": "Behaviour-cloning policy folder (default <run_dir>/bc)."})
+    reward_model_path: str | None = field(default=None, metadata={"help": "Reward model folder (default <run_dir>/reward)."})
+    data_path: str | None = field(default=None, metadata={"help": "Prepared dataset (default <run_dir>/data)."})
+    seed: int = 0
+
+    # Environment (Table 7: trajectory length 29, buffer = number of training music segments)
+    segment_steps: int = field(default=30, metadata={"help": "Steps per episode: a_0 from the data + 29 actions."})
+    segment_stride: int = field(default=1, metadata={"help": "Steps between the starts of consecutive training segments."})
+    rollout_segments: int | None = field(
+        default=None, metadata={"help": "Episodes per PPO step (the buffer capacity); None: all training segments."}
+    )
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of rollouts (and recomputed log-probs)."})
+    top_k: int | None = field(
+        default=None,
+        metadata={"help": "Top-k per body half for rollouts; log-probs and KL then use the truncated distributions."},
+    )
+
+    # Reward
+    reward: str = field(default="learned", metadata={"help": "'learned' (reward model, Eq. 4) or 'beat' (Bailando's, Table 2)."})
+    beat_reward: float = field(default=BAILANDO_BEAT_REWARD, metadata={"help": "+/- per 8-frame window (beat reward)."})
+    orientation_weight: float = field(default=0.0, metadata={"help": "lambda of the orientation term (beat reward)."})
+    reward_normalization: bool = field(default=False, metadata={"help": "Rescale the task return to mean 0, std 1 on BC rollouts."})
+    normalization_segments: int = field(default=512, metadata={"help": "BC rollouts that estimate the normalisation."})
+
+    # KL penalty to the BC policy
+    kl_beta: float = field(default=5e-3, metadata={"help": "beta of the per-step KL penalty (paper 5e-3)."})
+    kl_target: float | None = field(default=None, metadata={"help": "Per-step KL target of the adaptive beta; None: fixed beta."})
+    kl_horizon: int = field(default=10000, metadata={"help": "Horizon (episodes) of the adaptive beta."})
+
+    # Advantages and losses
+    advantage_estimator: str = field(default="return", metadata={"help": "'return' (A = G - V, paper Eq. 14) or 'gae'."})
+    gamma: float = 1.0
+    gae_lambda: float = 0.95
+    whiten_advantages: bool = True
+    clip_ratio: float = 0.2
+    value_loss_weight: float = 0.1
+    entropy_loss_weight: float = 0.0
+
+    # Value network
+    value_shared_layers: int | None = field(default=None, metadata={"help": "Policy blocks shared with the value network (None: the policy's num_base_layers)."})
+    value_num_layers: int = field(default=3, metadata={"help": "Own blocks of the value network (paper 3)."})
+    value_num_attention_heads: int | None = field(default=None, metadata={"help": "Heads of the value blocks (None: the policy's)."})
+
+    # Optimisation
+    max_steps: int = field(default=100, metadata={"help": "PPO steps (rollouts + update each)."})
+    num_ppo_epochs: int = field(default=1, metadata={"help": "Passes over each buffer (paper: 1)."})
+    train_batch_size: int = field(default=512, metadata={"help": "Global minibatch of episodes per optimiser step (paper 512)."})
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 3e-4
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (torch's default; the paper names none)."})
+    max_grad_norm: float = 0.5
+    per_device_rollout_batch_size: int = field(default=256, metadata={"help": "Episodes per generation / scoring batch."})
+
+    # Evaluation, logging, checkpoints
+    eval_steps: int = field(default=10, metadata={"help": "Evaluate on held-out music every N steps (0: only BC and final)."})
+    eval_splits: list[str] = field(default_factory=lambda: ["val", "test"], metadata={"help": "Held-out splits to dance to."})
+    eval_seconds: float | None = field(default=20.0, metadata={"help": "Dance the first S seconds of each piece (None: all)."})
+    eval_do_sample: bool = field(default=True, metadata={"help": "Sample evaluation dances (seeded) as in training; false: greedy."})
+    eval_metrics: bool = field(default=True, metadata={"help": "Compute the paper's metrics (FID, Div, BAS) at each evaluation."})
+    report_to: str = field(default="tensorboard", metadata={"help": "Accelerate tracker ('tensorboard', 'wandb', ... or 'none')."})
+    logging_steps: int = 1
+    save_steps: int = 10
+    save_total_limit: int = 2
+    resume: bool = field(default=False, metadata={"help": "Continue from the newest checkpoint in <output_dir>/checkpoints."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Start over, deleting earlier checkpoints and logs."})
+    push_to_hub: bool = False
+    hub_model_id: str | None = None
+    use_cpu: bool = False
+    mixed_precision: str = "no"
+
+    def __post_init__(self):
+        run = RunLayout(self.run_dir)
+        self.output_dir = self.output_dir or str(run.ppo)
+        self.policy_path = self.policy_path or str(run.bc)
+        self.reward_model_path = self.reward_model_path or str(run.reward)
+        self.data_path = self.data_path or str(run.data)
+        problems = []
+        if self.reward not in REWARDS:
+            problems.append(f"reward must be one of {REWARDS}, got {self.reward!r}")
+        if self.advantage_estimator not in ADVANTAGE_ESTIMATORS:
+            problems.append(f"advantage_estimator must be one of {ADVANTAGE_ESTIMATORS}, got {self.advantage_estimator!r}")
+        positive = {
+            "segment_steps": self.segment_steps - 1,
+            "segment_stride": self.segment_stride,
+            "max_steps": self.max_steps,
+            "num_ppo_epochs": self.num_ppo_epochs,
+            "train_batch_size": self.train_batch_size,
+            "gradient_accumulation_steps": self.gradient_accumulation_steps,
+            "per_device_rollout_batch_size": self.per_device_rollout_batch_size,
+            "logging_steps": self.logging_steps,
+            "save_steps": self.save_steps,
+            "save_total_limit": self.save_total_limit,
+            "kl_horizon": self.kl_horizon,
+            "normalization_segments": self.normalization_segments - 1,
+        }
+        problems += [f"{name} is too small ({getattr(self, name)})" for name, value in positive.items() if value < 1]
+        if self.rollout_segments is not None and self.rollout_segments < 1:
+            problems.append(f"rollout_segments must be positive, got {self.rollout_segments}")
+        if self.temperature <= 0 or (self.top_k is not None and self.top_k < 1):
+            problems.append(f"temperature must be positive and top_k at least 1, got {self.temperature}, {self.top_k}")
+        if self.kl_beta < 0 or (self.kl_target is not None and self.kl_target <= 0):
+            problems.append(f"kl_beta must not be negative and kl_target must be positive, got {self.kl_beta}, {self.kl_target}")
+        if not (0 <= self.gamma <= 1 and 0 <= self.gae_lambda <= 1 and self.clip_ratio > 0 and self.max_grad_norm > 0):
+            problems.append("gamma and gae_lambda must lie in [0, 1]; clip_ratio and max_grad_norm must be positive")
+        if self.eval_steps < 0 or (self.eval_seconds is not None and self.eval_seconds <= 0):
+            problems.append("eval_steps must not be negative and eval_seconds must be positive (or null)")
+        if problems:
+            raise E3D2Error("ppo: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+__all__ = ["ADVANTAGE_ESTIMATORS", "REWARDS", "PPOConfig"]
