@@ -82,7 +82,8 @@ def _read_json(path: Path | None) -> dict[str, Any]:
 
 def model_card(repo_id: str, policy: Any, summary: dict[str, Any], recipe: dict[str, Any], gif_note: str) -> ModelCard:
     """README.md: what the model is, a dance, how to use it, what it is made of, the training summary and the recipe."""
-    from e3d2_hf.trainers import bc, ppo
+    from e3d2_hf.metrics.protocol import METRIC_KEYS
+    from e3d2_hf.trainers import bc, ppo_model_card
 
     config = policy.config
     if summary or "kl_beta" in recipe:  # keys only the PPO trainer writes
@@ -116,10 +117,10 @@ def model_card(repo_id: str, policy: Any, summary: dict[str, Any], recipe: dict[
                     f"{format_value(summary.get('steps'))} PPO steps at {format_value(summary.get('samples_per_second'))} episodes/s; "
                     f"per-step KL to the behaviour-cloning policy at the end: {format_value(summary.get('kl_final'))}."
                 ),
-                columns=["policy", "learned return", *ppo.METRIC_ORDER],
+                columns=["policy", "learned return", *METRIC_KEYS],
                 rows=[
-                    ["behaviour cloning", summary.get("learned_return_bc"), *(metrics_bc.get(key) for key in ppo.METRIC_ORDER)],
-                    ["this model", summary.get("learned_return_final"), *(metrics_final.get(key) for key in ppo.METRIC_ORDER)],
+                    ["behaviour cloning", summary.get("learned_return_bc"), *(metrics_bc.get(key) for key in METRIC_KEYS)],
+                    ["this model", summary.get("learned_return_final"), *(metrics_final.get(key) for key in METRIC_KEYS)],
                 ],
             )
         )
@@ -142,7 +143,7 @@ def model_card(repo_id: str, policy: Any, summary: dict[str, Any], recipe: dict[
         ],
         usage_note=f"or from the command line: `e3d2 dance --model {repo_id} --music song.mp3` (writes npz, BVH and an mp4 with the music).",
         tables=tables,
-        recipe=recipe_values(recipe, dict.fromkeys(ppo.CARD_KEYS + bc.CARD_KEYS)),
+        recipe=recipe_values(recipe, dict.fromkeys(ppo_model_card.CARD_KEYS + bc.CARD_KEYS)),
     )
 
 

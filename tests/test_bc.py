@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM
 
 import e3d2_hf  # noqa: F401  (registers the policy with AutoModelForCausalLM)
 from e3d2_hf.data.music import BEAT_COLUMN
-from e3d2_hf.data.windows import SequenceWindows
+from e3d2_hf.data.windows import SequenceWindows, code_sequences
 from e3d2_hf.models.configuration_vqvae import VQVAEConfig
 from e3d2_hf.models.configuration_policy import PolicyConfig
 from e3d2_hf.models.modeling_policy import E3D2PolicyModel, PolicyOutput, music_to_joints
@@ -119,7 +119,7 @@ def test_pose_codes_align_step_i_with_frames_8i_and_music_row_i(tiny_run, monkey
 def test_training_windows_follow_bailandos_shift(tiny_run):
     vqvae = E3D2VQVAE.from_pretrained(tiny_run / "vqvae").eval()
     codes = pose_codes.load_or_encode_codes(tiny_run, vqvae, progress=False)
-    sequences = pose_codes.code_sequences(codes["train"])
+    sequences = code_sequences(codes["train"])
     windows = SequenceWindows(sequences, window=30, stride=1)
     steps = [len(upper) for upper in sequences["upper_codes"]]  # 25, 22, 20 steps: only the first has windows
     assert len(windows) == sum(max(0, length - 30 + 1) for length in steps) == 0

@@ -51,6 +51,26 @@ def split_columns(dataset: Any, columns: Sequence[str]) -> dict[str, list[np.nda
     return {column: [np.asarray(value, dtype=np.float32) for value in table[column]] for column in columns}
 
 
+# The per-step columns of a pose-code dataset (RUN/pose_codes): one row per 7.5 fps step.
+CODE_COLUMNS = ("upper_codes", "lower_codes", "music_features_7p5")
+
+
+def code_sequences(split: Any) -> dict[str, list[np.ndarray]]:
+    """`upper_codes`, `lower_codes` (int64 (S,)) and `music_features_7p5` (float32 (S, D)) of each sequence of a codes split.
+
+    Ready for `e3d2_hf.data.windows.SequenceWindows` (all three run at one row per step).
+    """
+    missing = [column for column in CODE_COLUMNS if column not in split.column_names]
+    if missing:
+        raise E3D2Error(f"pose codes: split has no column(s) {', '.join(missing)} (has {', '.join(split.column_names)})")
+    table = split.with_format("numpy", columns=list(CODE_COLUMNS))
+    return {
+        "upper_codes": [np.asarray(codes, dtype=np.int64) for codes in table["upper_codes"]],
+        "lower_codes": [np.asarray(codes, dtype=np.int64) for codes in table["lower_codes"]],
+        "music_features_7p5": [np.asarray(music, dtype=np.float32) for music in table["music_features_7p5"]],
+    }
+
+
 class SequenceWindows(torch.utils.data.Dataset):
     """Every whole window of every sequence; item i is `{column: array[start:start + window]}`.
 
@@ -99,4 +119,4 @@ class SequenceWindows(torch.utils.data.Dataset):
         }
 
 
-__all__ = ["SequenceWindows", "sliding_windows", "split_columns", "window_index"]
+__all__ = ["CODE_COLUMNS", "SequenceWindows", "code_sequences", "sliding_windows", "split_columns", "window_index"]

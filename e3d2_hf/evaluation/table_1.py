@@ -2,7 +2,7 @@
 
     python scripts/eval.py recipes/tiny.yaml            # -> RUN/eval/metrics.json, RUN/eval/metrics.md
 
-Each policy's row is the held-out evaluation (`e3d2_hf.evaluation.heldout`, the one PPO's periodic
+Each policy's row is the held-out evaluation (`e3d2_hf.rl.heldout`, the one PPO's periodic
 evaluation uses too): one dance per held-out piece (`splits`, paper: the 40 AIST++ val + test
 pieces) from its ground-truth first pose code, the first `eval_seconds` (paper: 20 s), scored by
 FID_k, FID_g, Div_k, Div_g, BAS, PFC and, when RUN/reward exists, the mean learned return. The
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from e3d2_hf.data.prepare import load_prepared
-from e3d2_hf.evaluation.heldout import GroundTruth, HeldOutEvaluation, held_out_pieces
+from e3d2_hf.rl.heldout import GroundTruth, HeldOutEvaluation, held_out_pieces
 from e3d2_hf.metrics.protocol import METRIC_KEYS
 from e3d2_hf.recipe import RunLayout
 from e3d2_hf.rl.rewards import LearnedReward

@@ -28,7 +28,7 @@ import datasets
 import numpy as np
 import torch
 
-from e3d2_hf.trainers.pose_codes import code_sequences
+from e3d2_hf.data.windows import code_sequences
 from e3d2_hf.data.windows import window_index
 from e3d2_hf.utils import E3D2Error
 

@@ -54,7 +54,8 @@ from e3d2_hf.models.modeling_vqvae import E3D2VQVAE
 from e3d2_hf.recipe import RunLayout
 from e3d2_hf.trainers.base import BAILANDO_CARD_KEYS, BailandoTrainingArguments, StepDecayTrainer, finish, last_checkpoint, prepare_work_dir
 from e3d2_hf.trainers.model_card import CardTable, build_model_card, recipe_values
-from e3d2_hf.trainers.pose_codes import check_codebooks_initialised, code_sequences, load_or_encode_codes, vqvae_fingerprint
+from e3d2_hf.data.windows import code_sequences
+from e3d2_hf.trainers.pose_codes import check_codebooks_initialised, load_or_encode_codes, vqvae_fingerprint
 from e3d2_hf.utils import E3D2Error
 
 logger = logging.getLogger(__name__)

@@ -50,7 +50,6 @@ from e3d2_hf.utils import E3D2Error, array_sha256, atomic_directory, file_sha256
 logger = logging.getLogger(__name__)
 
 FINGERPRINT_FILE = "fingerprint.json"
-CODE_COLUMNS = ("upper_codes", "lower_codes", "music_features_7p5")
 
 
 def vqvae_fingerprint(vqvae: E3D2VQVAE) -> str:
@@ -165,25 +164,8 @@ def load_or_encode_codes(
     return datasets.load_from_disk(str(cache_path))
 
 
-def code_sequences(split: datasets.Dataset) -> dict[str, list[np.ndarray]]:
-    """`upper_codes`, `lower_codes` (int64 (S,)) and `music_features_7p5` (float32 (S, D)) of each sequence of a codes split.
-
-    Ready for `e3d2_hf.data.windows.SequenceWindows` (all three run at one row per step).
-    """
-    missing = [column for column in CODE_COLUMNS if column not in split.column_names]
-    if missing:
-        raise E3D2Error(f"pose codes: split has no column(s) {', '.join(missing)} (has {', '.join(split.column_names)})")
-    table = split.with_format("numpy", columns=list(CODE_COLUMNS))
-    return {
-        "upper_codes": [np.asarray(codes, dtype=np.int64) for codes in table["upper_codes"]],
-        "lower_codes": [np.asarray(codes, dtype=np.int64) for codes in table["lower_codes"]],
-        "music_features_7p5": [np.asarray(music, dtype=np.float32) for music in table["music_features_7p5"]],
-    }
-
-
 __all__ = [
     "check_codebooks_initialised",
-    "code_sequences",
     "encode_pose_codes",
     "load_or_encode_codes",
     "prepared_fingerprint",

@@ -7,7 +7,7 @@
 sit beside it: `ppo_config` (the recipe's `ppo:` section), `ppo_trainer` (the loop), `checkpoints`,
 `ppo_model_card`; the formulas are `e3d2_hf.rl.ppo_formulas`.
 
-The held-out evaluation (`e3d2_hf.evaluation.heldout`, the one Table 1 uses) reaches the trainer as
+The held-out evaluation (`e3d2_hf.rl.heldout`, the one Table 1 uses) reaches the trainer as
 its `evaluator`, built here: the trainer knows only the `PolicyEvaluator` protocol, and the
 evaluation module imports nothing of `trainers/`, so this entry point is the one place where the
 two meet.
@@ -42,7 +42,7 @@ from pathlib import Path
 from transformers import set_seed
 
 from e3d2_hf.data.prepare import load_prepared
-from e3d2_hf.evaluation.heldout import GroundTruth, HeldOutEvaluation, held_out_pieces
+from e3d2_hf.rl.heldout import GroundTruth, HeldOutEvaluation, held_out_pieces
 from e3d2_hf.rl.environment import MusicSegments
 from e3d2_hf.rl.rewards import BeatAlignmentReward, LearnedReward, RewardFunction
 from e3d2_hf.trainers.loading import load_run_policy, load_run_reward_model

@@ -89,7 +89,7 @@ class TrainerState:
 
 
 class PolicyEvaluator(Protocol):
-    """What the trainer calls to evaluate the policy (`e3d2_hf.evaluation.heldout.HeldOutEvaluation` in a run).
+    """What the trainer calls to evaluate the policy (`e3d2_hf.rl.heldout.HeldOutEvaluation` in a run).
 
     `len()` is the number of pieces it dances to; `evaluate` returns a record with at least
     `learned_return`, `kl` and `metrics` (the summary reads them), JSON-serialisable.
@@ -562,7 +562,7 @@ class PPOTrainer:
         if self.accelerator.is_main_process:
             with atomic_directory(directory) as tmp:
                 self.policy.save_pretrained(tmp)
-                (tmp / "README.md").write_text(model_card(self.config, summary))
+                model_card(self.config, summary).save(tmp / "README.md")
                 (tmp / "training_config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
         self.accelerator.wait_for_everyone()
 

@@ -11,9 +11,8 @@ policy compared faces the same random numbers. Each policy's dances get
   BAS against each piece's music beats, and PFC (`e3d2_hf.metrics.evaluate_dances`).
 
 Two users: Table 1 (`e3d2_hf.evaluation.table_1`) and PPO's periodic and final evaluations, which
-`e3d2_hf.trainers.ppo.train_ppo` hands to the trainer as its `evaluator`. The trainer itself never
-imports this module; and this module imports only `rl/`, `models/` and `metrics/`, nothing of
-`trainers/` or of the rest of `evaluation/`, so the stage that builds the callback adds no cycle.
+`e3d2_hf.trainers.ppo.train_ppo` hands to the trainer as its `evaluator`. It lives in `rl/`, below the
+trainers, because both need it; it imports only `rl/`, `models/` and `metrics/`.
 """
 
 from __future__ import annotations
