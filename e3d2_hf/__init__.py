@@ -24,6 +24,7 @@ _LAZY_API = {
     "dance": "e3d2_hf.inference",
     "generate_dances": "e3d2_hf.inference",
     "load_policy": "e3d2_hf.inference",
+    "music_to_joints": "e3d2_hf.inference",
     "PublishResult": "e3d2_hf.hub",
     "publish": "e3d2_hf.hub",
     "evaluate_dances": "e3d2_hf.metrics",

@@ -153,6 +153,69 @@ def load_start_pose(path: str | os.PathLike | None, frames: int = 8) -> np.ndarr
     return joints[:frames]
 
 
+def music_to_joints(
+    policy: Any,
+    music_features: Any,
+    *,
+    first_codes: tuple[int, int] | Any | None = None,
+    seed_motion: Any | None = None,
+    max_new_tokens: int | None = None,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    seed: int | None = 0,
+    strategy: str = "cache",
+    progress: bool = False,
+) -> np.ndarray:
+    """Music features at 7.5 fps -> joints at 60 fps through the policy (an `E3D2PolicyModel`) and its VQ-VAE.
+
+    music_features: (S, music_dim) for one dance or (B, S, music_dim) for a batch; frame i is step i.
+    The first pose (the MDP's initial state, not chosen by the policy) comes from exactly one of
+    `first_codes` ((upper, lower), or (B, 2)) or `seed_motion` (joints (>=8, 24, 3) or (B, >=8, 24, 3)
+    at 60 fps, whose first 8 frames are encoded; the dance then starts where the seed's root is).
+    Returns float32 joints (8 * steps, 24, 3), or (B, 8 * steps, 24, 3) for a batch.
+    """
+    import torch
+
+    vqvae = policy.load_vqvae()
+    music = torch.as_tensor(np.asarray(music_features, dtype=np.float32) if isinstance(music_features, np.ndarray) else music_features)
+    single = music.ndim == 2
+    music = music[None] if single else music
+    if (first_codes is None) == (seed_motion is None):
+        raise E3D2Error("music_to_joints: give exactly one of first_codes (upper, lower) or seed_motion (joints)")
+    root_start = None
+    if seed_motion is not None:
+        motion = torch.as_tensor(np.asarray(seed_motion, dtype=np.float32), device=vqvae.device)
+        motion = motion[None] if motion.ndim == 3 else motion
+        frames = vqvae.config.frames_per_code
+        if motion.ndim != 4 or motion.shape[0] != music.shape[0] or motion.shape[1] < frames:
+            raise E3D2Error(f"seed motion: expected ({music.shape[0]}, >= {frames}, 24, 3) joints, got {tuple(motion.shape)}")
+        upper_first, lower_first = vqvae.encode(motion[:, :frames])
+        root_start = motion[:, 0, 0]
+    else:
+        codes = torch.as_tensor(np.asarray(first_codes), dtype=torch.long).reshape(-1, 2)
+        if codes.shape[0] != music.shape[0]:
+            raise E3D2Error(f"first codes: one (upper, lower) pair per dance expected, got {codes.shape[0]} for {music.shape[0]} dances")
+        upper_first, lower_first = codes[:, :1], codes[:, 1:]
+    tokens = policy.generate(
+        music,
+        upper_codes=upper_first,
+        lower_codes=lower_first,
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        temperature=temperature,
+        top_k=top_k,
+        seed=seed,
+        strategy=strategy,
+        progress=progress,
+    )
+    upper_codes, lower_codes = policy.split_pose_tokens(tokens)
+    joints = vqvae.decode(upper_codes.to(vqvae.device), lower_codes.to(vqvae.device), root_start)
+    joints = joints.float().cpu().numpy()
+    return joints[0] if single else joints
+
+
+
 def generate_dances(
     model: str | os.PathLike | Any,
     music_path: str | os.PathLike,
@@ -168,7 +231,6 @@ def generate_dances(
 ) -> list[Dance]:
     """Generate `num_dances` dances for one music file in one batch (seeded: the same call gives the same dances)."""
     from e3d2_hf.data.music import BEAT_COLUMN, music_features
-    from e3d2_hf.models.modeling_policy import music_to_joints
     from e3d2_hf.motion.fitting import fit_skeleton
 
     policy = model if hasattr(model, "load_vqvae") else load_policy(model)

@@ -19,7 +19,8 @@ from e3d2_hf.data.music import BEAT_COLUMN
 from e3d2_hf.data.windows import SequenceWindows, code_sequences
 from e3d2_hf.models.configuration_vqvae import VQVAEConfig
 from e3d2_hf.models.configuration_policy import PolicyConfig
-from e3d2_hf.models.modeling_policy import E3D2PolicyModel, PolicyOutput, music_to_joints
+from e3d2_hf.inference import music_to_joints
+from e3d2_hf.models.modeling_policy import E3D2PolicyModel, PolicyOutput
 from e3d2_hf.models.modeling_vqvae import E3D2VQVAE
 from e3d2_hf.recipe import RunLayout, parse_recipe
 from e3d2_hf.trainers import bc, pose_codes

@@ -57,7 +57,7 @@ def test_a_full_card_places_every_part():
             media="![A dance](dance.gif)",
             model_id="me/model",
             loaded_as="policy",
-            imports=["from e3d2_hf.models.modeling_policy import music_to_joints"],
+            imports=["from e3d2_hf.inference import music_to_joints"],
             usage=["joints = music_to_joints(policy, music)"],
             usage_note="or `e3d2 dance`.",
             tables=[CardTable("Results", columns=["a", "b"], rows=[[0.5, None]], note="Measured on held-out music.")],

@@ -14,7 +14,8 @@ from safetensors import safe_open
 
 from e3d2_hf.models.configuration_policy import PolicyConfig
 from e3d2_hf.models.configuration_vqvae import VQVAEConfig
-from e3d2_hf.models.modeling_policy import E3D2PolicyModel, dance_to_inputs, music_to_joints
+from e3d2_hf.inference import music_to_joints
+from e3d2_hf.models.modeling_policy import E3D2PolicyModel, dance_to_inputs
 from e3d2_hf.models.modeling_vqvae import E3D2VQVAE
 from e3d2_hf.utils import E3D2Error
 

@@ -60,17 +60,15 @@ the rest are the "head" blocks, followed by `final_norm` and the two code heads.
 runs the embedding and base blocks; `logits_from_base` runs the rest; `forward(output_hidden_states=True)`
 returns every block's output (index k = after k blocks).
 
-The VQ-VAE that turns codes back into joints travels with the policy: `attach_vqvae` (not a submodule,
-so not in the policy's weights), `save_pretrained` writes it to `<dir>/<config.vqvae_path>`,
-`load_vqvae` loads it back lazily.
+The VQ-VAE that turns codes back into joints travels with the policy (`policy_vqvae.CarriesVQVAE`):
+`attach_vqvae` (not a submodule, so not in the policy's weights), `save_pretrained` writes it to
+`<dir>/<config.vqvae_path>`, `load_vqvae` loads it back lazily.
 """
 
 from __future__ import annotations
 
 import functools
-import shutil
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -83,7 +81,8 @@ from transformers.cache_utils import Cache
 from transformers.utils import ModelOutput
 
 from e3d2_hf.models.configuration_policy import PolicyConfig
-from e3d2_hf.utils import E3D2Error, atomic_directory
+from e3d2_hf.models.policy_vqvae import CarriesVQVAE
+from e3d2_hf.utils import E3D2Error
 
 if TYPE_CHECKING:  # imported when needed: training and sampling codes never touch the VQ-VAE (or its dependencies)
     from e3d2_hf.models.modeling_vqvae import E3D2VQVAE
@@ -246,7 +245,7 @@ class PolicyBlock(nn.Module):
         return hidden_states + self.mlp(self.mlp_norm(hidden_states))
 
 
-class E3D2PolicyModel(PreTrainedModel, GenerationMixin):
+class E3D2PolicyModel(CarriesVQVAE, PreTrainedModel, GenerationMixin):
     __doc__ = __doc__
     config_class = PolicyConfig
     config: PolicyConfig
@@ -648,121 +647,6 @@ class E3D2PolicyModel(PreTrainedModel, GenerationMixin):
             upper[:, step] = choose(upper_logits[:, -1])
             lower[:, step] = choose(lower_logits[:, -1])
         return self.join_pose_tokens(upper, lower)
-
-    # ------------------------------------------------------------------------------------------
-    # The VQ-VAE that travels with the policy
-    # ------------------------------------------------------------------------------------------
-    @property
-    def vqvae(self) -> E3D2VQVAE | None:
-        """The attached VQ-VAE, or None (see `load_vqvae`)."""
-        return self._vqvae
-
-    def attach_vqvae(self, vqvae: E3D2VQVAE) -> None:
-        """Make `vqvae` travel with the policy (written to `<dir>/<vqvae_path>` by `save_pretrained`).
-
-        Stored outside the module tree so it is neither in the policy's weights nor trained with it.
-        """
-        if vqvae.config.codebook_size != self.config.codebook_size:
-            raise E3D2Error(f"VQ-VAE has {vqvae.config.codebook_size} codes per half, the policy expects {self.config.codebook_size}")
-        self.__dict__["_vqvae"] = vqvae
-
-    def _vqvae_folder(self) -> Path | None:
-        source = self.config.name_or_path
-        if not source or not self.config.vqvae_path:
-            return None
-        return Path(source) / self.config.vqvae_path
-
-    def load_vqvae(self) -> E3D2VQVAE:
-        """The attached VQ-VAE, else the one saved next to the policy (loaded once, then attached)."""
-        if self._vqvae is not None:
-            return self._vqvae
-        folder = self._vqvae_folder()
-        if folder is None:
-            raise E3D2Error("policy has no VQ-VAE: attach one with attach_vqvae() or load the policy from a folder that has one")
-        if not (folder / "config.json").is_file():
-            raise E3D2Error(f"policy at {self.config.name_or_path} has no VQ-VAE (expected {folder})")
-        from e3d2_hf.models.modeling_vqvae import E3D2VQVAE
-
-        vqvae = E3D2VQVAE.from_pretrained(folder).to(self.device).eval()
-        self.attach_vqvae(vqvae)
-        return vqvae
-
-    def save_pretrained(self, save_directory: str | Path, *args: Any, is_main_process: bool = True, **kwargs: Any) -> None:
-        """transformers' save, plus the VQ-VAE into `<save_directory>/<vqvae_path>`.
-
-        The attached VQ-VAE is saved; one that was never loaded is copied from the folder the
-        policy came from, so a policy re-saved after fine-tuning still carries its VQ-VAE.
-        """
-        super().save_pretrained(save_directory, *args, is_main_process=is_main_process, **kwargs)
-        if not is_main_process or not self.config.vqvae_path:
-            return
-        target, source = Path(save_directory) / self.config.vqvae_path, self._vqvae_folder()
-        if self._vqvae is not None:
-            with atomic_directory(target) as folder:
-                self._vqvae.save_pretrained(folder)
-        elif source is not None and source.is_dir() and source.resolve() != target.resolve():
-            with atomic_directory(target) as folder:
-                shutil.copytree(source, folder, dirs_exist_ok=True)
-
-
-def music_to_joints(
-    policy: E3D2PolicyModel,
-    music_features: np.ndarray | torch.Tensor,
-    *,
-    first_codes: tuple[int, int] | np.ndarray | torch.Tensor | None = None,
-    seed_motion: np.ndarray | torch.Tensor | None = None,
-    max_new_tokens: int | None = None,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    seed: int | None = 0,
-    strategy: Literal["cache", "recompute_window"] = "cache",
-    progress: bool = False,
-) -> np.ndarray:
-    """Music features at 7.5 fps -> joints at 60 fps through the policy and its VQ-VAE.
-
-    music_features: (S, music_dim) for one dance or (B, S, music_dim) for a batch; frame i is step i.
-    The first pose (the MDP's initial state, not chosen by the policy) comes from exactly one of
-    `first_codes` ((upper, lower), or (B, 2)) or `seed_motion` (joints (>=8, 24, 3) or (B, >=8, 24, 3)
-    at 60 fps, whose first 8 frames are encoded; the dance then starts where the seed's root is).
-    Returns float32 joints (8 * steps, 24, 3), or (B, 8 * steps, 24, 3) for a batch.
-    """
-    vqvae = policy.load_vqvae()
-    music = torch.as_tensor(np.asarray(music_features, dtype=np.float32) if isinstance(music_features, np.ndarray) else music_features)
-    single = music.ndim == 2
-    music = music[None] if single else music
-    if (first_codes is None) == (seed_motion is None):
-        raise E3D2Error("music_to_joints: give exactly one of first_codes (upper, lower) or seed_motion (joints)")
-    root_start = None
-    if seed_motion is not None:
-        motion = torch.as_tensor(np.asarray(seed_motion, dtype=np.float32), device=vqvae.device)
-        motion = motion[None] if motion.ndim == 3 else motion
-        frames = vqvae.config.frames_per_code
-        if motion.ndim != 4 or motion.shape[0] != music.shape[0] or motion.shape[1] < frames:
-            raise E3D2Error(f"seed motion: expected ({music.shape[0]}, >= {frames}, 24, 3) joints, got {tuple(motion.shape)}")
-        upper_first, lower_first = vqvae.encode(motion[:, :frames])
-        root_start = motion[:, 0, 0]
-    else:
-        codes = torch.as_tensor(np.asarray(first_codes), dtype=torch.long).reshape(-1, 2)
-        if codes.shape[0] != music.shape[0]:
-            raise E3D2Error(f"first codes: one (upper, lower) pair per dance expected, got {codes.shape[0]} for {music.shape[0]} dances")
-        upper_first, lower_first = codes[:, :1], codes[:, 1:]
-    tokens = policy.generate(
-        music,
-        upper_codes=upper_first,
-        lower_codes=lower_first,
-        max_new_tokens=max_new_tokens,
-        do_sample=do_sample,
-        temperature=temperature,
-        top_k=top_k,
-        seed=seed,
-        strategy=strategy,
-        progress=progress,
-    )
-    upper_codes, lower_codes = policy.split_pose_tokens(tokens)
-    joints = vqvae.decode(upper_codes.to(vqvae.device), lower_codes.to(vqvae.device), root_start)
-    joints = joints.float().cpu().numpy()
-    return joints[0] if single else joints
 
 
 # Importing this module (e3d2_hf does) makes AutoConfig / AutoModelForCausalLM.from_pretrained(dir) work;

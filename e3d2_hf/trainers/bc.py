@@ -254,7 +254,7 @@ def model_card(config: BCTrainingConfig, diagnostics: dict[str, Any], counts: di
         tags=["bailando", "behaviour-cloning"],
         auto_class="AutoModelForCausalLM",
         loaded_as="policy",
-        imports=["from e3d2_hf.models.modeling_policy import music_to_joints"],
+        imports=["from e3d2_hf.inference import music_to_joints"],
         usage=["joints = music_to_joints(policy, music_features_7p5, first_codes=(upper, lower))  # (8 * steps, 24, 3) at 60 fps"],
         usage_note="or from the command line: `e3d2 dance --model PATH --music song.mp3 --out dances/`.",
         tables=[

@@ -40,7 +40,7 @@ def model_card(config: PPOConfig, summary: dict[str, Any]) -> ModelCard:
         tags=["ppo", "reinforcement-learning"],
         auto_class="AutoModelForCausalLM",
         loaded_as="policy",
-        imports=["from e3d2_hf.models.modeling_policy import music_to_joints"],
+        imports=["from e3d2_hf.inference import music_to_joints"],
         usage=["joints = music_to_joints(policy, music_features_7p5, seed_motion=first_frames)  # (8 * steps, 24, 3) at 60 fps"],
         tables=[
             CardTable(
