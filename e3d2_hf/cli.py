@@ -16,7 +16,7 @@ from e3d2_hf.utils import E3D2Error
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("e3d2_hf.data.prepare", "AIST++ or the embedded synthetic default -> datasets on disk"),
-    "metrics": ("e3d2_hf.metrics.protocol", "the paper's Table 1 metrics for a folder of dances"),
+    "metrics": ("e3d2_hf.evaluation.score_dances", "the paper's Table 1 metrics for a folder of dances"),
     "dance": ("e3d2_hf.inference", "make a trained policy dance to a music file"),
     "launch": ("e3d2_hf.launch", "start a stage script as N real processes (gloo ranks on CPU, one per GPU)"),
     "pipeline": ("e3d2_hf.pipeline", "the whole E3D2 pipeline from one recipe: prepare -> ... -> ppo -> eval -> a dance"),

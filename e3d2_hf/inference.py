@@ -88,9 +88,7 @@ def resolve_model(model: str | os.PathLike) -> Path:
 
 def load_policy(model: str | os.PathLike) -> Any:
     """The policy (an `AutoModelForCausalLM`) with its VQ-VAE loaded, in eval mode."""
-    from transformers import AutoModelForCausalLM
-
-    import e3d2_hf  # noqa: F401  (registers our Auto classes)
+    from transformers import AutoModelForCausalLM  # its import registers our models (see e3d2_hf/__init__.py)
 
     folder = resolve_model(model)
     try:

@@ -54,3 +54,40 @@ def test_public_api_loads_on_first_use():
 def test_version_flag():
     result = subprocess.run([sys.executable, "-m", "e3d2_hf.cli", "--version"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout.startswith("e3d2-hf ")
+
+
+# The floors of the house, ground floor first (README "Code layout"): a module imports only from its own floor or below.
+FLOORS = {
+    "utils": 0, "recipe": 0, "motion": 1, "metrics": 2, "render": 2, "data": 2, "models": 3, "rl": 4, "trainers": 5,
+    "evaluation": 6, "inference": 7, "hub": 7, "cli": 8, "pipeline": 8, "launch": 8,
+}  # fmt: skip
+SIBLINGS_APART = {("metrics", "data"), ("render", "data"), ("data", "metrics"), ("data", "render")}  # one floor, no stairs between
+
+
+def _imported_e3d2_modules(path):
+    import ast
+
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("e3d2_hf."):
+            yield node.module, node.lineno
+        elif isinstance(node, ast.Import):
+            yield from ((alias.name, node.lineno) for alias in node.names if alias.name.startswith("e3d2_hf."))
+
+
+def test_imports_flow_one_way():
+    from pathlib import Path
+
+    import e3d2_hf
+
+    package = Path(e3d2_hf.__file__).parent
+    upward = []
+    for path in sorted(package.rglob("*.py")):
+        parts = path.relative_to(package).with_suffix("").parts
+        if parts == ("__init__",):
+            continue
+        floor = parts[0]
+        for module, line in _imported_e3d2_modules(path):
+            other = module.split(".")[1]
+            if FLOORS[other] > FLOORS[floor] or (floor, other) in SIBLINGS_APART:
+                upward.append(f"{path.relative_to(package)}:{line} imports {module}")
+    assert upward == []
