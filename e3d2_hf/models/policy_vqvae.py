@@ -2,19 +2,25 @@
 
 `E3D2PolicyModel` carries one: `attach_vqvae` (kept outside the module tree, so it is neither in the
 policy's weights nor trained with it), `save_pretrained` writes it to `<dir>/<config.vqvae_path>`,
-`load_vqvae` loads it back lazily from the folder the policy came from.
+`load_vqvae` loads it back lazily from wherever the policy came from: a local folder or a Hub
+repository, with the `subfolder`, `revision`, `cache_dir`, `token` and `local_files_only` that
+`from_pretrained` was given (so `AutoModelForCausalLM.from_pretrained("USER/NAME")` then
+`load_vqvae()` works from the Hub cache, offline too). transformers' own `from_pretrained` resolves
+the VQ-VAE, as `<subfolder>/<vqvae_path>` of the same repository and revision.
 """
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
+import os
 from typing import TYPE_CHECKING, Any
 
 from e3d2_hf.utils import E3D2Error, atomic_directory
 
 if TYPE_CHECKING:
     from e3d2_hf.models.modeling_vqvae import E3D2VQVAE
+
+# The `from_pretrained` options that say where the policy was found; its VQ-VAE is looked for there too.
+SOURCE_OPTIONS = ("subfolder", "revision", "cache_dir", "token", "local_files_only")
 
 
 class CarriesVQVAE:
@@ -37,43 +43,59 @@ class CarriesVQVAE:
             raise E3D2Error(f"VQ-VAE has {vqvae.config.codebook_size} codes per half, the policy expects {self.config.codebook_size}")
         self.__dict__["_vqvae"] = vqvae
 
-    def _vqvae_folder(self) -> Path | None:
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
+        """transformers' `from_pretrained`, remembering where the policy came from (for `load_vqvae`)."""
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True
+        model.__dict__["_vqvae_source"] = {key: kwargs[key] for key in SOURCE_OPTIONS if kwargs.get(key) not in (None, "")}
+        return loaded
+
+    def _vqvae_location(self) -> tuple[str, dict[str, Any]] | None:
+        """(repository or folder, `from_pretrained` options) of the VQ-VAE beside the policy, or None if there is none to look for."""
         source = self.config.name_or_path
         if not source or not self.config.vqvae_path:
             return None
-        return Path(source) / self.config.vqvae_path
+        options = dict(self.__dict__.get("_vqvae_source", {}))
+        options["subfolder"] = "/".join(part for part in (options.get("subfolder", "").strip("/"), self.config.vqvae_path) if part)
+        return str(source), options
 
     def load_vqvae(self) -> E3D2VQVAE:
         """The attached VQ-VAE, else the one saved next to the policy (loaded once, then attached)."""
         if self._vqvae is not None:
             return self._vqvae
-        folder = self._vqvae_folder()
-        if folder is None:
+        location = self._vqvae_location()
+        if location is None:
             raise E3D2Error("policy has no VQ-VAE: attach one with attach_vqvae() or load the policy from a folder that has one")
-        if not (folder / "config.json").is_file():
-            raise E3D2Error(f"policy at {self.config.name_or_path} has no VQ-VAE (expected {folder})")
+        source, options = location
         from e3d2_hf.models.modeling_vqvae import E3D2VQVAE
 
-        vqvae = E3D2VQVAE.from_pretrained(folder).to(self.device).eval()
-        self.attach_vqvae(vqvae)
-        return vqvae
+        expected = f"{source.rstrip('/')}/{options['subfolder']}" + (f" at revision {options['revision']}" if "revision" in options else "")
+        try:
+            vqvae = E3D2VQVAE.from_pretrained(source, **options)
+        except OSError as exc:  # transformers' "does not appear to have a file named config.json", or not in the Hub cache
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise E3D2Error(f"policy at {source} has no VQ-VAE (expected {expected}): {reason}") from exc
+        self.attach_vqvae(vqvae.to(self.device).eval())
+        return self._vqvae
 
-    def save_pretrained(self, save_directory: str | Path, *args: Any, is_main_process: bool = True, **kwargs: Any) -> None:
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, is_main_process: bool = True, **kwargs: Any) -> None:
         """transformers' save, plus the VQ-VAE into `<save_directory>/<vqvae_path>`.
 
-        The attached VQ-VAE is saved; one that was never loaded is copied from the folder the
-        policy came from, so a policy re-saved after fine-tuning still carries its VQ-VAE.
+        The attached VQ-VAE is saved; one that was never loaded is loaded from where the policy came
+        from first, so a policy re-saved after fine-tuning (or after a Hub download) still carries it.
+        A policy with no VQ-VAE anywhere is saved without one.
         """
+        vqvae = self._vqvae
+        if vqvae is None and is_main_process and self._vqvae_location() is not None:
+            try:
+                vqvae = self.load_vqvae()
+            except E3D2Error:
+                vqvae = None
         super().save_pretrained(save_directory, *args, is_main_process=is_main_process, **kwargs)
-        if not is_main_process or not self.config.vqvae_path:
-            return
-        target, source = Path(save_directory) / self.config.vqvae_path, self._vqvae_folder()
-        if self._vqvae is not None:
-            with atomic_directory(target) as folder:
-                self._vqvae.save_pretrained(folder)
-        elif source is not None and source.is_dir() and source.resolve() != target.resolve():
-            with atomic_directory(target) as folder:
-                shutil.copytree(source, folder, dirs_exist_ok=True)
+        if is_main_process and vqvae is not None and self.config.vqvae_path:
+            with atomic_directory(os.path.join(save_directory, self.config.vqvae_path)) as folder:
+                vqvae.save_pretrained(folder)
 
 
 __all__ = ["CarriesVQVAE"]
