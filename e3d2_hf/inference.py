@@ -6,10 +6,13 @@
     >>> result = dance("runs/tiny/bc", "song.mp3", seconds=20)
     >>> result.save_npz("song.npz"); result.save_bvh("song.bvh"); result.render("song.mp4")
 
-`e3d2 dance` writes `<song>.npz`, `<song>.bvh` and `<song>.mp4` (the music muxed in) into `--out`;
-several dances (`--num-dances`) or several models (`--model` repeated) get one npz/bvh each
+`e3d2 dance` writes `<song>.npz`, `<song>.bvh`, `<song>_smpl.npz` (SMPL parameters, `--smpl-format
+pkl` for the AIST++/EDGE pickle layout) and `<song>.mp4` (the music muxed in) into `--out`; several
+dances (`--num-dances`) or several models (`--model` repeated) get one npz/bvh/smpl each
 (`<song>_<i>`, `<song>_<model>`) and share one side-by-side video. Everything is written into a
-hidden staging folder first and moved into `--out` only when all of it succeeded.
+hidden staging folder first and moved into `--out` only when all of it succeeded; a dance that no
+SMPL body can fit (bones collapsed to a point) is the one exception: its npz and BVH (and the
+video) are still written, then the error is raised.
 
 The policy sees the music at 7.5 fps (one pose-code step per 8 motion frames) and its VQ-VAE turns
 the codes back into 60 fps joints. The first pose is not the policy's choice (the MDP's initial
@@ -31,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from e3d2_hf.motion.skeleton import GENDERS
+from e3d2_hf.render.smpl import SMPL_FORMATS
 from e3d2_hf.utils import E3D2Error, atomic_file
 
 MOTION_FPS = 60.0
@@ -61,6 +66,17 @@ class Dance:
         from e3d2_hf.render.bvh import save_bvh
 
         return save_bvh(path, self.joints, self.fps)
+
+    def save_smpl(self, path: str | os.PathLike, *, gender: str = "male", smpl_model_dir: str | os.PathLike | None = None) -> Any:
+        """The dance as SMPL parameters (`.npz`, or `.pkl` in the AIST++ layout) solved on the SMPL rest skeleton.
+
+        Returns the `SMPLParameters`, whose `fit_error_mean_m` says how closely their forward kinematics reproduces the dance.
+        """
+        from e3d2_hf.render.smpl import fit_smpl, save_smpl
+
+        parameters = fit_smpl(self.joints, self.fps, gender=gender, smpl_model_dir=smpl_model_dir, what=f"dance to {self.music_path.name}")
+        save_smpl(path, parameters)
+        return parameters
 
     def render(self, path: str | os.PathLike, **kwargs: Any) -> Path:
         """A skeleton video: `.mp4` with this dance's music muxed in, or `.gif`; keyword arguments as `render_video`."""
@@ -304,14 +320,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--music", required=True, help="any audio file librosa reads (wav, mp3, ogg, flac)")
     parser.add_argument("--out", default="dances", help="output folder (default: dances)")
     parser.add_argument("--seconds", type=float, default=None, help="dance to the first S seconds only (default: the whole piece)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed: the same seed, model and music give the same dance (default: 0)")
     parser.add_argument("--num-dances", type=int, default=1, help="several dances for the same music, one video side by side")
     parser.add_argument("--greedy", action="store_true", help="greedy decoding (Bailando's) instead of sampling")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=None)
+    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the pose codes (default: 1.0)")
+    parser.add_argument("--top-k", type=int, default=None, help="sample each body half's code among its k likeliest (default: all codes)")
     parser.add_argument("--start-pose", default=None, help=".npy/.npz joints (24,3) or (>=8,24,3) for the first pose (default: standing)")
     parser.add_argument("--format", choices=("mp4", "gif", "none"), default="mp4", help="video with the music (mp4), silent gif, or none (default: mp4)")
     parser.add_argument("--no-bvh", action="store_true", help="do not write BVH files")
+    parser.add_argument("--no-smpl", action="store_true", help="do not write SMPL parameters (<song>_smpl.npz)")
+    parser.add_argument("--smpl-format", choices=SMPL_FORMATS, default="npz", help="npz, or pkl: the AIST++/EDGE pickle layout (default: npz)")
+    parser.add_argument("--smpl-gender", choices=GENDERS, default="male", help="SMPL body whose rest skeleton the parameters pose (default: male, built in)")
+    parser.add_argument("--smpl-model-dir", default=None, help="your SMPL model files (SMPL_MALE.pkl/.npz ...), used through smplx; default: the built-in skeleton")
 
 
 def write_dances(
@@ -321,11 +341,16 @@ def write_dances(
     *,
     video_format: str = "mp4",
     bvh: bool = True,
+    smpl: str | None = "npz",
+    smpl_gender: str = "male",
+    smpl_model_dir: str | os.PathLike | None = None,
     **generation: Any,
 ) -> tuple[list[Dance], list[Path]]:
-    """Every model's dances to one music file -> npz (+ BVH) each and one video side by side, all in `out` or none.
+    """Every model's dances to one music file -> npz (+ BVH, + SMPL) each and one video side by side, all in `out` or none.
 
-    `generation` holds the keyword arguments of `generate_dances`. Returns the dances and the files written.
+    `smpl` is the SMPL file format ("npz", "pkl") or None for none; `generation` holds the keyword
+    arguments of `generate_dances`. Returns the dances and the files written. A dance that cannot be
+    fitted with an SMPL body still gets its other files; the error comes after they are written.
     """
     out = Path(out)
     try:
@@ -343,11 +368,19 @@ def write_dances(
             number = [str(index)] if len(dances) > 1 else []
             name = "_".join([stem, *([label] if label else []), *number])
             named.append((name, " #".join([label, *number]).strip(), result))
+    unfitted: list[str] = []
     with staged_into(out) as staging:
         for name, _, result in named:
             result.save_npz(staging / f"{name}.npz")
             if bvh:
                 result.save_bvh(staging / f"{name}.bvh")
+            if smpl is not None:
+                try:
+                    fit = result.save_smpl(staging / f"{name}_smpl.{smpl}", gender=smpl_gender, smpl_model_dir=smpl_model_dir)
+                    logger.info("%s_smpl.%s: SMPL forward kinematics reproduces the dance to %.2f cm on average (max %.2f cm)",
+                                name, smpl, 100 * fit.fit_error_mean_m, 100 * fit.fit_error_max_m)  # fmt: skip
+                except E3D2Error as exc:
+                    unfitted.append(f"{out / name}: {exc}")
         if video_format != "none":
             from e3d2_hf.render.video import render_video
 
@@ -355,15 +388,19 @@ def write_dances(
             titles = [title for _, title, _ in named] if len(named) > 1 else None
             render_video(staging / f"{stem}.{video_format}", joints if len(named) > 1 else joints[0], fps=MOTION_FPS, music_path=music_path, titles=titles, progress=True)
         written = sorted(out / path.name for path in staging.iterdir())
+    if unfitted:
+        raise E3D2Error(f"{'; '.join(unfitted)} (its other files are written)")
     return [result for _, _, result in named], written
 
 
 def run(args: argparse.Namespace) -> int:
     dances, written = write_dances(
-        args.model, args.music, args.out, video_format=args.format, bvh=not args.no_bvh, seconds=args.seconds, seed=args.seed,
+        args.model, args.music, args.out, video_format=args.format, bvh=not args.no_bvh, smpl=None if args.no_smpl else args.smpl_format,
+        smpl_gender=args.smpl_gender, smpl_model_dir=args.smpl_model_dir, seconds=args.seconds, seed=args.seed,
         num_dances=args.num_dances, greedy=args.greedy, temperature=args.temperature, top_k=args.top_k, start_pose=args.start_pose, progress=True,
     )  # fmt: skip
     print(f"{len(dances)} dance(s) of {dances[0].joints.shape[0] / MOTION_FPS:.1f} s for {args.music}:")
     for path in written:
         print(f"  {path}")
     return 0
+

@@ -12,9 +12,10 @@ import soundfile
 from PIL import Image
 
 from e3d2_hf.cli import main
-from e3d2_hf.inference import dance, generate_dances, model_labels, standing_start_pose
+from e3d2_hf.inference import Dance, dance, generate_dances, model_labels, standing_start_pose
 from e3d2_hf.models.modeling_policy import E3D2PolicyModel
 from e3d2_hf.render.bvh import bvh_to_joints
+from e3d2_hf.render.smpl import load_smpl
 from e3d2_hf.utils import E3D2Error
 
 from conftest import tiny_dancing_policy
@@ -67,7 +68,7 @@ def test_cli_writes_the_whole_piece_as_npz_bvh_and_mp4(policy_dir, tmp_path, cap
     out = tmp_path / "dances"
     assert main(["dance", "--model", str(policy_dir), "--music", str(TRUMPET), "--out", str(out), "--seed", "3"]) == 0
     stem = TRUMPET.stem
-    assert files_in(out) == [f"{stem}.bvh", f"{stem}.mp4", f"{stem}.npz"]
+    assert files_in(out) == [f"{stem}.bvh", f"{stem}.mp4", f"{stem}.npz", f"{stem}_smpl.npz"]
     saved = np.load(out / f"{stem}.npz")
     duration = soundfile.info(TRUMPET).duration
     assert saved["joints"].shape[1:] == (24, 3) and saved["joints"].dtype == np.float32
@@ -108,7 +109,7 @@ def test_models_and_dances_share_one_video(policy_dir, song, tmp_path, capsys):
     shutil.copytree(policy_dir, ppo)
     out = tmp_path / "dances"
     command = ["dance", "--model", str(policy_dir), "--model", str(ppo), "--music", str(song), "--out", str(out)]
-    assert main(command + ["--num-dances", "2", "--seconds", "1", "--format", "gif", "--no-bvh"]) == 0
+    assert main(command + ["--num-dances", "2", "--seconds", "1", "--format", "gif", "--no-bvh", "--no-smpl"]) == 0
     assert files_in(out) == ["song.gif", "song_bc_0.npz", "song_bc_1.npz", "song_ppo_0.npz", "song_ppo_1.npz"]
     with Image.open(out / "song.gif") as gif:
         assert gif.size == (4 * 640, 480)  # four panels side by side
@@ -130,10 +131,33 @@ def test_silence_is_danced_to_with_a_warning(policy_dir, tmp_path, caplog):
     soundfile.write(silent, np.zeros(2 * 22050, dtype=np.float32), 22050)
     out = tmp_path / "o"
     assert main(["dance", "--model", str(policy_dir), "--music", str(silent), "--out", str(out), "--format", "none"]) == 0
-    assert files_in(out) == ["silence.bvh", "silence.npz"]
+    assert files_in(out) == ["silence.bvh", "silence.npz", "silence_smpl.npz"]
     joints = np.load(out / "silence.npz")["joints"]
     assert abs(len(joints) - 120) <= 8 and np.isfinite(joints).all()
     assert "no beats found" in caplog.text
+
+
+def test_smpl_parameters_in_either_layout(policy_dir, song, tmp_path, caplog):
+    caplog.set_level("INFO")
+    out = tmp_path / "o"
+    assert main(["dance", "--model", str(policy_dir), "--music", str(song), "--out", str(out), "--seconds", "1", "--format", "none", "--smpl-format", "pkl"]) == 0
+    assert files_in(out) == ["song.bvh", "song.npz", "song_smpl.pkl"]
+    joints = np.load(out / "song.npz")["joints"]
+    parameters = load_smpl(out / "song_smpl.pkl")
+    measured = np.linalg.norm(parameters.joints() - joints, axis=-1).mean()
+    # an untrained model's bones are far from SMPL's: the SMPL body reaches the dance only so far, and says how far
+    assert f"SMPL forward kinematics reproduces the dance to {100 * measured:.2f} cm" in caplog.text
+
+
+def test_a_dance_no_smpl_body_fits_still_gets_its_npz_and_bvh(policy_dir, song, tmp_path, monkeypatch, capsys):
+    collapsed = standing_start_pose(60)
+    collapsed[:, 4] = collapsed[:, 1]  # the left knee on the left hip
+    monkeypatch.setattr("e3d2_hf.inference.generate_dances", lambda *args, **kwargs: [Dance(collapsed, song, "m", 0)])
+    out = tmp_path / "o"
+    assert main(["dance", "--model", str(policy_dir), "--music", str(song), "--out", str(out), "--format", "gif"]) == 2
+    assert files_in(out) == ["song.bvh", "song.gif", "song.npz"]
+    error = capsys.readouterr().err
+    assert f"{out / 'song'}: dance to song.wav: cannot fit an SMPL body: bone left_hip -> left_knee" in error and "other files are written" in error
 
 
 def test_failed_render_leaves_no_files(policy_dir, song, tmp_path, monkeypatch):

@@ -1,9 +1,10 @@
 """Motion fitting: joint positions -> rotations on one rigid skeleton.
 
 The dance models produce SMPL-24 joint positions only, and their bones stretch a little from frame
-to frame; a character rig, a BVH file (and later an SMPL export) want one skeleton with fixed bones
-and per-joint rotations. `bone_offsets` measures that skeleton from the dance, `joints_to_rotations`
-solves the rotations along the kinematic tree and `fit_skeleton` gives back the joints it reaches.
+to frame; a character rig, a BVH file and an SMPL body want one skeleton with fixed bones and
+per-joint rotations. `bone_offsets` measures that skeleton from the dance, `joints_to_rotations`
+solves the rotations along the kinematic tree and `fit_skeleton` gives back the joints it reaches;
+`joints_to_smpl` solves them on the SMPL rest skeleton instead, as SMPL parameters.
 
 Conventions: joints in SMPL order, metres, y up.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from e3d2_hf.motion.rotations import best_fit_rotation, minimal_rotation_matrix
+from e3d2_hf.motion.rotations import best_fit_rotation, matrix_to_axis_angle, minimal_rotation_matrix
 from e3d2_hf.motion.skeleton import NUM_JOINTS, SMPL_CHILDREN, SMPL_PARENTS, chain_forward_kinematics, rest_joints
 from e3d2_hf.utils import E3D2Error
 
@@ -116,3 +117,17 @@ def fit_skeleton(joints: np.ndarray, rest: np.ndarray | None = None) -> np.ndarr
     translations = np.broadcast_to(offsets, (len(joints), NUM_JOINTS, 3)).copy()
     translations[:, 0] = root
     return chain_forward_kinematics(translations, rotations, SMPL_PARENTS).astype(np.float32)
+
+
+def joints_to_smpl(joints: np.ndarray, rest: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """SMPL parameters posing the rest skeleton `rest` (default the male one) onto `joints`: axis-angle (T, 24, 3), transl (T, 3).
+
+    The rotations are `joints_to_rotations` on the rest skeleton's bones, not the dance's: an SMPL
+    body's bones have its own lengths, so where the dance's differ, forward kinematics of these
+    parameters misses the dance by that much (measure it). `transl` is the pelvis minus its rest
+    position, because SMPL rotates the root about its rest position before translating it.
+    """
+    joints = check_joints(joints, "SMPL fit")
+    rest = rest_joints("male") if rest is None else np.asarray(rest, dtype=np.float64)
+    root, rotations = joints_to_rotations(joints, offsets=_rest_offsets(rest))
+    return matrix_to_axis_angle(rotations), root - rest[0]
