@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "launch": ("e3d2_hf.launch", "start a stage script as N real processes (gloo ranks on CPU, one per GPU)"),
     "pipeline": ("e3d2_hf.pipeline", "the whole E3D2 pipeline from one recipe: prepare -> ... -> ppo -> eval -> a dance"),
     "publish": ("e3d2_hf.hub", "a trained policy -> a Hub-ready folder with model card and dance GIF, uploaded"),
+    "render": ("e3d2_hf.dance_files", "any dance file (ours, BVH, SMPL, AIST++, Bailando, EDGE) -> a skeleton video, several side by side"),
 }
 
 

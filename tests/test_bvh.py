@@ -237,3 +237,18 @@ def test_reads_bandai_namco_mocap():
     assert joints.shape == (len(motion.motion), len(motion.names), 3) and np.isfinite(joints).all()
     head = motion.names.index("Head")
     assert 1.3 < joints[0, head, 1] < 1.8 and joints[0, :, 1].min() > -0.05  # a standing person, y up, metres
+
+
+def test_an_external_reader_sees_the_same_dance(tmp_path):
+    """bvhio (an independent BVH implementation) poses our file's skeleton onto the joints we wrote."""
+    import bvhio  # a test-only dependency (the dev extra)
+
+    joints = fk_dance(40, seed=11)
+    root = bvhio.readAsHierarchy(str(save_bvh(tmp_path / "dance.bvh", joints)))
+    errors = []
+    for frame in range(len(joints)):
+        root.loadPose(frame)
+        by_name = {joint.Name: joint for joint, _, _ in root.layout()}
+        positions = np.array([list(by_name[name].PositionWorld) for name in SMPL_JOINT_NAMES]) / 100.0  # our BVH is in cm
+        errors.append(np.linalg.norm(positions - joints[frame], axis=-1).max())
+    assert len(by_name) == 24 and max(errors) < 1e-4
