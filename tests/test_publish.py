@@ -1,6 +1,7 @@
 """`e3d2 publish`: a run's policy -> a Hub-ready folder (weights, VQ-VAE, model card, dance GIF), uploaded."""
 
 import json
+import os
 import shutil
 from types import SimpleNamespace
 
@@ -164,3 +165,29 @@ def test_bad_input_fails_clearly_and_leaves_nothing(run_dir, tmp_path, capsys):
         publish(run_dir / "ppo", "me/x", out=run_dir, api=FakeApi())
     assert sorted(path.name for path in tmp_path.iterdir()) == ["bare", "broken.mp3", "cache", "empty_run", "keep"]
     assert (keep / "notes.txt").read_text() == "mine" and not (bare.parent / "bare-hub").exists()
+
+
+def test_the_card_holds_the_runs_table_1_row_and_names_its_parent(run_dir, tmp_path):
+    run = tmp_path / "tiny"
+    shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("hub", "bc-hub", "hub_upload.json"))
+    (run / "data").mkdir()
+    (run / "data" / "manifest.json").write_text(json.dumps({"source": {"kind": "synthetic"}}))
+    row = {"FID_k": 33.5, "FID_g": 21.25, "Div_k": 7.5, "Div_g": 6.0, "BAS": {"value": 0.25, "ci95": [0.2, 0.3]}, "PFC": 1.75, "learned_return": 0.5}
+    (run / "eval").mkdir()
+    (run / "eval" / "metrics.json").write_text(json.dumps({"e3d2": row, "bc": {"FID_k": 99.0}}))  # written after the policy
+
+    assert publish(run / "bc", "me/e3d2-bc", api=FakeApi()).uploaded
+    assert json.loads((run / "bc" / "hub_upload.json").read_text()) == {"repo_id": "me/e3d2-bc"}  # where it went
+    result = publish(run / "ppo", "me/e3d2-tiny", api=FakeApi())
+    card = ModelCard.load(result.folder / "README.md")
+    assert card.data.base_model == "me/e3d2-bc" and card.data.license == "mit" and card.data.datasets == ["e3d2_hf.data.synthetic"]
+    measured = {result.metric_name: result.metric_value for result in card.data.eval_results}
+    assert measured == {"FID_k": 33.5, "FID_g": 21.25, "Div_k": 7.5, "Div_g": 6.0, "BAS": 0.25, "PFC": 1.75}  # the run's Table 1 row, not PPO's summary
+    assert "## Table 1 on held-out music" in card.text and "| 33.5 | 21.25 | 7.5 | 6 | 0.25 | 1.75 |" in card.text
+    assert (run / "ppo" / "policy" / "hub_upload.json").is_file()
+
+    (run / "eval" / "metrics.json").touch()
+    os.utime(run / "eval" / "metrics.json", (0, 0))  # a table older than the policy is not its table: PPO's summary then
+    card = ModelCard.load(publish(run / "ppo", "me/e3d2-tiny", base_model="me/other", api=FakeApi()).folder / "README.md")
+    assert card.data.base_model == "me/other" and "Table 1 on held-out music" not in card.text
+    assert {result.metric_name: result.metric_value for result in card.data.eval_results}["FID_k"] == SUMMARY["metrics_final"]["FID_k"]

@@ -32,7 +32,6 @@ VQ-VAE in `RUN/bc/vqvae` (so `AutoModelForCausalLM.from_pretrained("RUN/bc")` ca
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from dataclasses import dataclass, field
@@ -53,7 +52,7 @@ from e3d2_hf.models.modeling_policy import E3D2PolicyModel, dance_to_inputs
 from e3d2_hf.models.modeling_vqvae import E3D2VQVAE
 from e3d2_hf.recipe import RunLayout
 from e3d2_hf.trainers.base import BAILANDO_CARD_KEYS, BailandoTrainingArguments, StepDecayTrainer, finish, last_checkpoint, prepare_work_dir
-from e3d2_hf.trainers.model_card import CardTable, build_model_card, recipe_values
+from e3d2_hf.trainers.model_card import CardTable, build_model_card, eval_results, recipe_values, training_data
 from e3d2_hf.data.windows import code_sequences
 from e3d2_hf.trainers.pose_codes import check_codebooks_initialised, load_or_encode_codes, vqvae_fingerprint
 from e3d2_hf.utils import E3D2Error
@@ -242,6 +241,10 @@ def model_card(config: BCTrainingConfig, diagnostics: dict[str, Any], counts: di
         measured = [100 * values[key] for key in ("upper", "lower", "complete", "partial")]
         return [music, *measured, paper["complete"], paper["partial"]]
 
+    def accuracy(music: str) -> dict[str, float]:
+        return {f"next-pose-code accuracy, {pose} pose, {music} music": diagnostics[music][pose] for pose in ("complete", "partial")}
+
+    data = training_data(config.run_dir)
     return build_model_card(
         title="E3D2 behaviour-cloning policy (Bailando's cross-conditional GPT)",
         description=(
@@ -271,6 +274,8 @@ def model_card(config: BCTrainingConfig, diagnostics: dict[str, Any], counts: di
         ],
         recipe=recipe_values(config, CARD_KEYS),
         recipe_section="bc",
+        data=data,
+        results=eval_results(accuracy("unseen"), data) + eval_results(accuracy("seen"), data, split="+".join(SEEN_SPLITS)),
     )
 
 
@@ -301,8 +306,7 @@ def train_bc(config: BCTrainingConfig) -> Path:
 
     set_seed(config.seed)
     policy = E3D2PolicyModel(model_config)
-    arguments = copy.copy(config)
-    arguments.output_dir = str(work_dir)
+    arguments = config.trainer_arguments(work_dir)
     checkpoint = last_checkpoint(arguments)
     trainer = BCTrainer(
         model=policy,

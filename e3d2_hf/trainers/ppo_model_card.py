@@ -1,7 +1,8 @@
 """The model card and the Hub upload of PPO's final policy (RUN/ppo/policy).
 
 `model_card(config, summary)` supplies PPO's facts to the shared card builder: what the policy is,
-what it reached against the behaviour-cloning policy on held-out music, the recipe.
+what it reached against the behaviour-cloning policy on held-out music (also its model-index), the
+recipe, and the behaviour-cloning policy as `base_model` when that was uploaded to the Hub.
 `push_to_hub(config, folder)` publishes the finished folder through the one upload path.
 """
 
@@ -13,9 +14,9 @@ from typing import Any
 from huggingface_hub import ModelCard
 
 from e3d2_hf.metrics.protocol import METRIC_KEYS
-from e3d2_hf.trainers.model_card import CardTable, build_model_card, format_value, recipe_values
+from e3d2_hf.trainers.model_card import CardTable, build_model_card, eval_results, format_value, recipe_values, training_data
 from e3d2_hf.trainers.ppo_config import PPOConfig
-from e3d2_hf.trainers.publishing import upload_folder_or_explain
+from e3d2_hf.trainers.publishing import upload_folder_or_explain, uploaded_as
 
 CARD_KEYS = (
     "reward", "segment_steps", "segment_stride", "rollout_segments", "temperature", "top_k", "kl_beta", "kl_target",
@@ -28,6 +29,7 @@ CARD_KEYS = (
 def model_card(config: PPOConfig, summary: dict[str, Any]) -> ModelCard:
     """README.md of the final policy: what it is, what it reached against the BC policy, the recipe."""
     metrics_bc, metrics_final = summary.get("metrics_bc") or {}, summary.get("metrics_final") or {}
+    data = training_data(config.run_dir)
     return build_model_card(
         title="E3D2 dance policy (PPO)",
         description=(
@@ -37,7 +39,7 @@ def model_card(config: PPOConfig, summary: dict[str, Any]) -> ModelCard:
             f"{config.segment_steps - 1} actions), with a per-step KL penalty to the behaviour-cloning policy. "
             "Its VQ-VAE is in `vqvae/` and loads with it."
         ),
-        tags=["ppo", "reinforcement-learning"],
+        tags=["ppo", "reinforcement-learning", "rlhf"],
         auto_class="AutoModelForCausalLM",
         loaded_as="policy",
         imports=["from e3d2_hf.inference import music_to_joints"],
@@ -58,13 +60,15 @@ def model_card(config: PPOConfig, summary: dict[str, Any]) -> ModelCard:
         ],
         recipe=recipe_values(config, CARD_KEYS),
         recipe_section="ppo",
+        data=data,
+        results=eval_results({key: metrics_final.get(key) for key in METRIC_KEYS}, data),
+        base_model=uploaded_as(config.policy_path),
     )
 
 
 def push_to_hub(config: PPOConfig, folder: Path) -> bool:
-    """Publish the final policy folder; a failure (offline, no token) is logged with how to upload later, never raised."""
-    repo_id = config.hub_model_id or f"e3d2-{Path(config.run_dir).name}"
-    return upload_folder_or_explain(folder, repo_id, commit_message="Upload E3D2 PPO policy")
+    """Publish the final policy folder; a failure (no network, refused) is logged with how to upload later, never raised."""
+    return upload_folder_or_explain(folder, config.hub_repo_id, commit_message="Upload E3D2 PPO policy")
 
 
 __all__ = ["CARD_KEYS", "model_card", "push_to_hub"]

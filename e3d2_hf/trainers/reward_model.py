@@ -20,7 +20,6 @@ check: `diagnostics.json` + `diagnostics.png` (learned return per noise level on
 
 from __future__ import annotations
 
-import copy
 import logging
 import shutil
 from dataclasses import dataclass, field
@@ -51,7 +50,7 @@ from e3d2_hf.models.configuration_reward import RewardModelConfig
 from e3d2_hf.models.modeling_reward import E3D2RewardModel
 from e3d2_hf.recipe import RunLayout
 from e3d2_hf.trainers.base import StageTrainingArguments, finish
-from e3d2_hf.trainers.model_card import CardTable, build_model_card, recipe_values
+from e3d2_hf.trainers.model_card import PREFERENCE_TASK, CardTable, build_model_card, eval_results, recipe_values, training_data
 from e3d2_hf.utils import E3D2Error, atomic_directory
 
 logger = logging.getLogger(__name__)
@@ -276,6 +275,12 @@ def plot_diagnostics(path: Path, curve: list[dict[str, float]], returns: dict[st
 def model_card(config: RewardTrainingConfig, diagnostics: dict[str, Any], pair_counts: dict[str, int]) -> ModelCard:
     """README.md of the saved model: what it is, what it reached, the recipe values that made it."""
     by_noise = sorted(diagnostics["return_by_noise"].items(), key=lambda item: float(item[0]))
+    data = training_data(config.run_dir)
+    results = [
+        result
+        for music, split in HELDOUT_PAIR_SETS.items()
+        for result in eval_results({f"pair accuracy, {music} music": diagnostics[f"pair_accuracy_{music}"]}, data, task=PREFERENCE_TASK, split=split)
+    ]
     return build_model_card(
         title="E3D2 reward model",
         description=(
@@ -284,7 +289,7 @@ def model_card(config: RewardTrainingConfig, diagnostics: dict[str, Any], pair_c
             f"(lower noise preferred). Pairs: {pair_counts['train']} train, {pair_counts['eval_seen']} held-out on seen music, "
             f"{pair_counts['eval_unseen']} held-out on unseen music; snippets of {config.snippet_length - 1} steps."
         ),
-        tags=["reward-model", "bradley-terry"],
+        tags=["reward-model", "bradley-terry", "rlhf"],
         auto_class="AutoModel",
         loaded_as="reward_model",
         usage=["total = reward_model.score_trajectory(music_features, upper_codes, lower_codes).returns"],
@@ -303,6 +308,8 @@ def model_card(config: RewardTrainingConfig, diagnostics: dict[str, Any], pair_c
         ],
         recipe=recipe_values(config, CARD_KEYS),
         recipe_section="reward",
+        data=data,
+        results=results,
     )
 
 
@@ -355,8 +362,7 @@ def train_reward_model(config: RewardTrainingConfig) -> Path:
     set_seed(config.seed)
     model = E3D2RewardModel(config.model_config())
     # The Trainer works (logs, optional checkpoints) in a hidden sibling; RUN/reward appears only when complete.
-    trainer_args = copy.copy(config)
-    trainer_args.output_dir = str(work_dir)
+    trainer_args = config.trainer_arguments(work_dir)
     optimizer = None
     if config.use_adam:
         adam_kwargs = {"lr": config.learning_rate, "betas": (config.adam_beta1, config.adam_beta2), "eps": config.adam_epsilon}

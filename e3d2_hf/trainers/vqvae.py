@@ -24,7 +24,6 @@ and the tensorboard logs under `runs/pose` and `runs/root`.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from dataclasses import dataclass, field
@@ -42,7 +41,7 @@ from e3d2_hf.models.configuration_vqvae import VQVAEConfig
 from e3d2_hf.models.modeling_vqvae import E3D2VQVAE
 from e3d2_hf.motion.skeleton import NUM_JOINTS
 from e3d2_hf.trainers.base import BAILANDO_CARD_KEYS, BailandoTrainingArguments, StepDecayTrainer, finish, last_checkpoint, prepare_work_dir
-from e3d2_hf.trainers.model_card import CardTable, build_model_card, recipe_values
+from e3d2_hf.trainers.model_card import RECONSTRUCTION_TASK, CardTable, build_model_card, eval_results, recipe_values, training_data
 from e3d2_hf.utils import E3D2Error, atomic_directory
 
 logger = logging.getLogger(__name__)
@@ -118,8 +117,7 @@ class VQVAETrainingConfig(BailandoTrainingArguments):
 
     def root_phase_arguments(self, output_dir: Path) -> VQVAETrainingConfig:
         """A copy for the root-velocity phase: its schedule, no step decay, checkpoints in `output_dir`."""
-        arguments = copy.copy(self)
-        arguments.output_dir = str(output_dir)
+        arguments = self.trainer_arguments(output_dir)
         arguments.learning_rate = self.root_learning_rate
         arguments.per_device_train_batch_size = self.root_per_device_train_batch_size
         arguments.num_train_epochs = self.root_num_train_epochs
@@ -248,6 +246,8 @@ def model_card(config: VQVAETrainingConfig, evaluation: dict[str, Any], counts: 
     """README.md of the saved model: what it is, what it reached, the recipe values that made it."""
     heldout = evaluation.get("heldout", {})
     usage = heldout.get("codebook_usage", {})
+    data = training_data(config.run_dir)
+    measured = {"MPJPE root-relative (cm)": heldout.get("mpjpe_cm"), "MPJPE with integrated root (cm)": heldout.get("mpjpe_global_cm")}
     return build_model_card(
         title="E3D2 VQ-VAE (choreographic memory)",
         description=(
@@ -280,6 +280,8 @@ def model_card(config: VQVAETrainingConfig, evaluation: dict[str, Any], counts: 
         ],
         recipe=recipe_values(config, CARD_KEYS),
         recipe_section="vqvae",
+        data=data,
+        results=eval_results(measured, data, task=RECONSTRUCTION_TASK),
     )
 
 
@@ -323,8 +325,7 @@ def train_vqvae(config: VQVAETrainingConfig) -> Path:
     else:
         set_seed(config.seed)
         model = E3D2VQVAE(model_config)
-        pose_arguments = copy.copy(config)
-        pose_arguments.output_dir = str(work_dir / "pose")
+        pose_arguments = config.trainer_arguments(work_dir / "pose")
         trainer = _run_phase(model, pose_arguments, pose_windows, root_velocity_only=False)
         model = trainer.model
         trainer.accelerator.wait_for_everyone()
