@@ -322,14 +322,28 @@ def test_end_to_end_on_a_tiny_run_folder(tiny_run, monkeypatch, tmp_path):
     card = (out / "policy" / "README.md").read_text()
     assert "learned return" in card and "kl_beta" in card
 
-    # the hand-designed reward (paper Table 2) runs from the same folder, as a recipe override
-    # and publishing offline is reported, not raised
+    # publishing offline is refused before training, leaving the run as it was
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     recipe = write_recipe(tiny_run, max_steps=1, eval_metrics=False, push_to_hub=True)
+    assert run_stage("ppo", PPOConfig, train_ppo, [str(recipe), "--reward", "beat", "--overwrite_output_dir", "true"]) == 2
+    assert json.loads((out / "summary.json").read_text())["steps"] == 2
+
+    # the hand-designed reward (paper Table 2) runs from the same folder, as a recipe override,
+    # and an upload that fails after training (no network here) is reported, not raised
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
+    monkeypatch.setattr(huggingface_hub, "HfApi", UnreachableHub)
     assert run_stage("ppo", PPOConfig, train_ppo, [str(recipe), "--reward", "beat", "--overwrite_output_dir", "true"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["reward"] == "beat" and summary["steps"] == 1 and summary["learned_return_final"] is not None
     assert summary["pushed_to_hub"] is False and (out / "policy" / "model.safetensors").is_file()
+
+
+class UnreachableHub:
+    """`HfApi` on a machine without a network."""
+
+    def create_repo(self, *args, **kwargs):
+        raise ConnectionError("network is unreachable")
 
 
 def test_bad_input_is_refused_by_name(tiny_run, tmp_path):

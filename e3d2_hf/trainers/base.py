@@ -13,10 +13,14 @@ run folder, and they work alike:
 - The Trainer works in a hidden sibling of `output_dir` (`work_dir`); `finish` then writes
   `output_dir` at once, so a stage folder that exists is complete: the model, its results, the
   logs, the model card and the recipe.
+- `push_to_hub` publishes that finished folder (`e3d2_hf.trainers.publishing`), never the work
+  folder's checkpoints: the Trainer gets a copy of the arguments with it off (`trainer_arguments`),
+  and a push that cannot work is refused before training (no token, offline, a bad repository id).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import shutil
@@ -31,6 +35,7 @@ from transformers import PreTrainedModel, Trainer, TrainingArguments
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType, get_last_checkpoint
 
 from e3d2_hf.recipe import RunLayout
+from e3d2_hf.trainers.publishing import check_can_upload, upload_folder_or_explain
 from e3d2_hf.utils import E3D2Error, atomic_directory, atomic_file
 
 logger = logging.getLogger(__name__)
@@ -71,6 +76,20 @@ class StageTrainingArguments(TrainingArguments):
         if self.output_dir is None:
             self.output_dir = str(getattr(RunLayout(self.run_dir), self.stage))
         super().__post_init__()
+        if self.push_to_hub:
+            check_can_upload(self.hub_repo_id, self.stage)
+
+    @property
+    def hub_repo_id(self) -> str:
+        """Where `push_to_hub` publishes the finished folder: `hub_model_id`, or e3d2-<run>-<stage> in the user's namespace."""
+        return self.hub_model_id or f"e3d2-{Path(self.run_dir).name}-{self.stage}"
+
+    def trainer_arguments(self, output_dir: str | Path) -> StageTrainingArguments:
+        """A copy for a `Trainer` working in `output_dir`; it never pushes (`finish` publishes the finished folder)."""
+        arguments = copy.copy(self)
+        arguments.output_dir = str(output_dir)
+        arguments.push_to_hub = False
+        return arguments
 
     @property
     def work_dir(self) -> Path:
@@ -152,7 +171,7 @@ def finish(
     logs: Mapping[str, Path] | None = None,
     write_extra: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Write the stage's folder at once and remove the work folder; returns the folder. Main process only.
+    """Write the stage's folder at once and remove the work folder, then publish it with `push_to_hub`; returns the folder. Main process only.
 
     The folder holds the model's `save_pretrained` files, `results` (file name -> JSON content), the
     Trainer's tensorboard logs (`logs`: destination in the folder -> logs folder; default the work
@@ -174,6 +193,8 @@ def finish(
         card.save(folder / "README.md")
         (folder / "training_config.json").write_text(arguments.to_json_string())
     shutil.rmtree(work_dir, ignore_errors=True)
+    if arguments.push_to_hub:
+        upload_folder_or_explain(final_dir, arguments.hub_repo_id, private=bool(arguments.hub_private_repo), commit_message=f"Upload E3D2 {arguments.stage}")
     return final_dir
 
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from e3d2_hf.recipe import RunLayout
 from e3d2_hf.rl.rewards import BAILANDO_BEAT_REWARD
+from e3d2_hf.trainers.publishing import check_can_upload
 from e3d2_hf.utils import E3D2Error
 
 REWARDS = ("learned", "beat")
@@ -91,8 +93,8 @@ class PPOConfig:
     save_total_limit: int = 2
     resume: bool = field(default=False, metadata={"help": "Continue from the newest checkpoint in <output_dir>/checkpoints."})
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Start over, deleting earlier checkpoints and logs."})
-    push_to_hub: bool = False
-    hub_model_id: str | None = None
+    push_to_hub: bool = field(default=False, metadata={"help": "Upload the final policy (RUN/ppo/policy, with its VQ-VAE) to the Hub after training."})
+    hub_model_id: str | None = field(default=None, metadata={"help": "Hub repository of push_to_hub (default: e3d2-<run name> in your namespace)."})
     use_cpu: bool = False
     mixed_precision: str = "no"
 
@@ -134,6 +136,13 @@ class PPOConfig:
             problems.append("eval_steps must not be negative and eval_seconds must be positive (or null)")
         if problems:
             raise E3D2Error("ppo: " + "; ".join(problems))
+        if self.push_to_hub:
+            check_can_upload(self.hub_repo_id, "ppo")
+
+    @property
+    def hub_repo_id(self) -> str:
+        """Where `push_to_hub` publishes the final policy."""
+        return self.hub_model_id or f"e3d2-{Path(self.run_dir).name}"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
