@@ -4,12 +4,14 @@
 
 prepare -> vqvae -> bc -> demos -> reward -> ppo -> eval -> dance. Each stage is the library function
 its `scripts/<stage>.py` calls, on the recipe's section (so a stage run here and one run by its script
-are the same). A stage whose output is already in the run folder is skipped, so a re-run continues
-where the last one stopped; once a stage runs, every later one runs again (its inputs changed).
-`--force` redoes them all. The last stage dances the BC and E3D2 policies side by side to a real
-piece of music (`--music`, by default a track of the `immich-memories-music` package, MIT) into
-RUN/eval/dance. At the end the paper's Table 1 for the run is printed, and the wall time of every
-stage goes to RUN/pipeline.json.
+are the same). A stage whose output is already in the run folder, made with the same recipe section
+after the same upstream stages (its `stage_recipe.json`, `e3d2_hf.recipe.stage_change`), is skipped,
+so a re-run continues where the last one stopped; a stage whose section was edited runs again, and
+the run says why. Once a stage runs, every later one runs again (its inputs changed). `--force`
+redoes them all. The last stage dances the BC and E3D2 policies side by side to a real piece of
+music (`--music`, by default a track of the `immich-memories-music` package, MIT) into
+RUN/eval/dance. At the end the paper's Table 1 for the run is printed with where the dance video
+and PPO's training curves are, and the wall time of every stage goes to RUN/pipeline.json.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from e3d2_hf.recipe import RunLayout, load_recipe, parse_recipe, run_dir_of
+from e3d2_hf.trainers.ppo_curves import CURVES_FILE
+from e3d2_hf.recipe import RunLayout, load_recipe, parse_recipe, record_stage, run_dir_of, stage_change
 from e3d2_hf.utils import E3D2Error, atomic_file
 
 logger = logging.getLogger(__name__)
@@ -41,12 +44,17 @@ class Stage:
     done_marker: str
     rerun_flags: tuple[str, ...] = ()
 
-    def run(self, recipe: str, flags: list[str]) -> Any:
-        """`module.function(parse_recipe(module.config, name, [recipe, *flags]))`, importing the stage only now."""
+    def parse(self, recipe: str, flags: list[str]) -> Any:
+        """`parse_recipe(module.config, name, [recipe, *flags])`: the stage's config, importing the stage only now."""
         import importlib
 
-        library = importlib.import_module(self.module)
-        return getattr(library, self.function)(parse_recipe(getattr(library, self.config), self.name, [recipe, *flags]))
+        return parse_recipe(getattr(importlib.import_module(self.module), self.config), self.name, [recipe, *flags])
+
+    def run(self, recipe: str, flags: list[str]) -> Any:
+        """`module.function(parse(recipe, flags))`."""
+        import importlib
+
+        return getattr(importlib.import_module(self.module), self.function)(self.parse(recipe, flags))
 
 
 OVERWRITE = ("--overwrite_output_dir", "true")
@@ -98,19 +106,23 @@ def run_pipeline(recipe: str, *, music: str | None = None, seconds: float | None
         raise E3D2Error(f"{music_path}: no such music file")
     timings_file = run.timings
     timings: dict[str, float] = json.loads(timings_file.read_text()) if timings_file.is_file() and not force else {}
-    redo = force
+    redo = "--force" if force else None  # why every stage from here on runs again
     total = len(selected)
     for number, stage in enumerate([stage for stage in STAGES if stage.name in selected], start=1):
+        flags = list(stage.rerun_flags)  # a stage the pipeline runs replaces what an earlier, unfinished one left
+        config = stage.parse(recipe, flags)
         done = (run.root / stage.done_marker).is_file()
-        if done and not redo:
+        why = redo if done and redo else stage_change(config, stage.name, run.root) if done else None
+        if done and why is None:
             print(f"[{number}/{total}] {stage.name}: done already ({run.root / stage.done_marker}); --force redoes it", flush=True)
             continue
-        print(f"[{number}/{total}] {stage.name} ...", flush=True)
+        print(f"[{number}/{total}] {stage.name}: running again: {why}" if done else f"[{number}/{total}] {stage.name} ...", flush=True)
         started = time.perf_counter()
-        stage.run(recipe, list(stage.rerun_flags))  # a stage the pipeline runs replaces what an earlier, unfinished one left
+        stage.run(recipe, flags)
+        record_stage(config, stage.name, run.root)
         timings[stage.name] = round(time.perf_counter() - started, 1)
         print(f"[{number}/{total}] {stage.name}: done in {timings[stage.name]:.1f} s", flush=True)
-        redo = True  # every later stage read what this one wrote
+        redo = f"{stage.name} ran again"  # every later stage read what this one wrote
         _save_timings(timings_file, timings)
     video = None
     if "dance" in selected:
@@ -142,8 +154,11 @@ def _report(run: RunLayout, video: Path | None) -> dict[str, Any] | None:
     if table is not None:
         print(f"Table 1 on held-out music ({metrics_file}):\n")
         print(format_table_1(table))
+    curves = run.ppo / CURVES_FILE
+    if curves.is_file():
+        print(f"\nPPO's training curves (learned return, KL, entropy, explained variance, held-out FID_k, Div_k): {curves}")
     if video is not None:
-        print(f"\nThe dance (BC | E3D2, with the music): {video}")
+        print(f"The dance (BC | E3D2, with the music): {video}")
     return table
 
 

@@ -12,25 +12,38 @@ vqvae:                  # fields of the stage's config dataclass
 --learning_rate 1e-4` into the stage's config: the section's values replace the dataclass defaults
 and command-line flags replace the section's values (`transformers.HfArgumentParser` does the
 parsing). Unknown keys are rejected, naming the key, so a typo never silently falls back to a default.
+
+A stage that finishes records the parsed section it ran with beside its output
+(`RUN/<folder>/stage_recipe.json`, `record_stage`), together with a hash of the record of the stage
+before it; `stage_change` then says why a stage must run again (its section changed, or a stage
+upstream ran since), which is how `e3d2 pipeline` notices an edited recipe.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import yaml
 
-from e3d2_hf.utils import E3D2Error
+from e3d2_hf.utils import E3D2Error, atomic_file
 
 ConfigT = TypeVar("ConfigT")
 
 # Keys of the recipe's top level that are not stage sections.
 RUN_KEYS = ("run_name", "runs_dir", "seed")
+# The stages in the order they run, each with the run folder's sub-folder it writes (where its record sits).
+STAGE_FOLDERS = {"prepare": "data", "vqvae": "vqvae", "bc": "bc", "demos": "demos", "reward": "reward", "ppo": "ppo", "eval": "eval"}
+STAGE_RECORD = "stage_recipe.json"
+# Fields that steer how a stage runs, not what it makes: changing them is no reason to run it again.
+HOW_IT_RUNS = frozenset({"overwrite_output_dir", "resume", "disable_tqdm"})
 
 
 def load_recipe(path: str | os.PathLike) -> dict[str, Any]:
@@ -129,8 +142,11 @@ def parse_recipe(config_cls: type[ConfigT], section: str, argv: list[str] | None
     run folder, `<run folder>/<section>` and the recipe's top-level seed.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        print(recipe_help(config_cls, section))
+        raise SystemExit(0)
     if not argv or argv[0].startswith("-"):
-        raise E3D2Error(f"usage: {Path(sys.argv[0]).name} RECIPE.yaml [--field value ...]")
+        raise E3D2Error(f"usage: {Path(sys.argv[0]).name} RECIPE.yaml [--field value ...] (--help lists the fields)")
     recipe_path, overrides = argv[0], argv[1:]
     recipe = load_recipe(recipe_path)
     values = dict(recipe.get(section) or {})
@@ -157,6 +173,47 @@ def parse_recipe(config_cls: type[ConfigT], section: str, argv: list[str] | None
     return config
 
 
+def _field_default(field: dataclasses.Field) -> Any:
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    return field.default_factory() if field.default_factory is not dataclasses.MISSING else "(required)"
+
+
+def recipe_help(config_cls: type, section: str) -> str:
+    """`scripts/<stage>.py --help`: the stage's own fields first, then the `TrainingArguments` fields it sets, then the rest.
+
+    Every field with its type, default and help text; each is a key of the recipe's section and a `--field value` flag.
+    """
+    import textwrap
+
+    from transformers import TrainingArguments
+
+    trainer_fields = {field.name: field for field in dataclasses.fields(TrainingArguments)} if issubclass(config_cls, TrainingArguments) else {}
+    groups: dict[str, list[str]] = {
+        f"fields of the `{section}` section ({config_cls.__module__}.{config_cls.__name__})": [],
+        "TrainingArguments fields this stage gives its own default": [],
+        "the other TrainingArguments fields (transformers' defaults)": [],
+    }
+    titles = list(groups)
+    for field in dataclasses.fields(config_cls):
+        if not field.init or field.name.startswith("_"):
+            continue
+        default = _field_default(field)
+        base = trainer_fields.get(field.name)
+        group = titles[0] if base is None else titles[1] if repr(_field_default(base)) != repr(default) else titles[2]
+        default_text = getattr(default, "value", default)  # enums as a recipe writes them
+        help_text = " ".join(str(field.metadata.get("help", "")).split())
+        groups[group].append(f"  --{field.name} {field.type} (default: {default_text!r})")
+        if help_text:
+            groups[group].append(textwrap.fill(help_text, 100, initial_indent=" " * 6, subsequent_indent=" " * 6))
+    description = " ".join((config_cls.__doc__ or "").strip().split("\n\n")[0].split())
+    lines = [f"usage: {Path(sys.argv[0]).name} RECIPE.yaml [--field value ...]", "", description]
+    for title, entries in groups.items():
+        if entries:
+            lines += ["", f"{title}:", *entries]
+    return "\n".join(lines)
+
+
 def _overridden_run_dir(overrides: list[str]) -> str | None:
     """`--run_dir X` on the command line moves the stage's default `output_dir` with it."""
     for index, flag in enumerate(overrides):
@@ -167,11 +224,66 @@ def _overridden_run_dir(overrides: list[str]) -> str | None:
     return None
 
 
+def stage_values(config: Any) -> dict[str, Any]:
+    """A parsed section as JSON values, without what only steers how it runs (`HOW_IT_RUNS`) and without tokens."""
+    values = config.to_dict() if hasattr(config, "to_dict") else dataclasses.asdict(config)
+    values = json.loads(json.dumps(values, sort_keys=True, default=str))
+    return {key: value for key, value in values.items() if key not in HOW_IT_RUNS and "token" not in key}
+
+
+def _record_path(run_dir: str | os.PathLike, section: str) -> Path:
+    return Path(run_dir) / STAGE_FOLDERS[section] / STAGE_RECORD
+
+
+def _upstream_digest(run_dir: str | os.PathLike, section: str) -> str | None:
+    """SHA-256 of the record of the stage before `section` (which holds its own upstream's): None for the first, or when it has none."""
+    order = list(STAGE_FOLDERS)
+    if order.index(section) == 0:
+        return None
+    path = _record_path(run_dir, order[order.index(section) - 1])
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+def record_stage(config: Any, section: str, run_dir: str | os.PathLike) -> Path:
+    """Write `RUN/<folder>/stage_recipe.json`: the section `config` the stage just ran with, when, and its upstream's record hash.
+
+    The time makes every run's record new, so the stages after it see that it ran again even with the same recipe.
+    """
+    record = {
+        "stage": section, "values": stage_values(config), "upstream_sha256": _upstream_digest(run_dir, section),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "finished_ns": time.time_ns(),
+    }  # fmt: skip
+    path = _record_path(run_dir, section)
+    with atomic_file(path, "w") as handle:
+        handle.write(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def stage_change(config: Any, section: str, run_dir: str | os.PathLike) -> str | None:
+    """Why the stage of `section` must run again with `config`, or None when its record says it ran with exactly this."""
+    path = _record_path(run_dir, section)
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return f"no record of the recipe it ran with ({path})"
+    before, now = record.get("values", {}), stage_values(config)
+    changed = sorted(key for key in {*before, *now} if before.get(key) != now.get(key))
+    if changed:
+        shown = ", ".join(f"{key}: {json.dumps(before.get(key))} -> {json.dumps(now.get(key))}" for key in changed[:4])
+        return f"its recipe section changed ({shown}{', ...' if len(changed) > 4 else ''})"
+    if record.get("upstream_sha256") != _upstream_digest(run_dir, section):
+        return f"{list(STAGE_FOLDERS)[list(STAGE_FOLDERS).index(section) - 1]} ran again since"
+    return None
+
+
 def run_stage(section: str, config_cls: type[ConfigT], stage: Callable[[ConfigT], Any], argv: list[str] | None = None) -> int:
-    """What every `scripts/<stage>.py` does: parse the recipe's section, run the stage, report user errors in one line."""
+    """What every `scripts/<stage>.py` does: parse the recipe's section, run the stage, record it, report user errors in one line."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        stage(parse_recipe(config_cls, section, argv))
+        config = parse_recipe(config_cls, section, argv)
+        stage(config)
+        if int(os.environ.get("RANK", "0") or 0) == 0 and hasattr(config, "run_dir"):  # once, on the main process
+            record_stage(config, section, config.run_dir)
     except E3D2Error as exc:
         print(f"{section}: error: {exc}", file=sys.stderr)
         return 2

@@ -14,7 +14,8 @@ import yaml
 from e3d2_hf import pipeline
 from e3d2_hf.cli import main
 from e3d2_hf.data.synthetic import GENRES, SAMPLE_RATE, compose_music
-from e3d2_hf.recipe import parse_recipe
+from e3d2_hf.trainers.bc import BCTrainingConfig
+from e3d2_hf.recipe import STAGE_FOLDERS, STAGE_RECORD, parse_recipe, run_stage
 from e3d2_hf.utils import E3D2Error
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,6 +66,44 @@ def test_stages_run_once_then_skip_and_a_rerun_redoes_what_follows(fake_stages, 
     calls.clear()
     pipeline.run_pipeline(str(recipe), stages=stages, force=True)
     assert [name for name, _ in calls] == stages
+
+
+def test_an_edited_recipe_section_reruns_that_stage_and_those_after_it(fake_stages, tmp_path, capsys):
+    recipe, calls = fake_stages
+    stages = [name for name in pipeline.STAGE_NAMES if name != "dance"]
+    run = tmp_path / "runs" / "toy"
+    pipeline.run_pipeline(str(recipe), stages=stages)
+    assert all((run / folder / STAGE_RECORD).is_file() for folder in STAGE_FOLDERS.values())
+
+    calls.clear()
+    recipe.write_text(recipe.read_text() + "reward:\n  num_train_pairs: 128\n")  # one line of the recipe changed
+    capsys.readouterr()
+    pipeline.run_pipeline(str(recipe), stages=stages)
+    assert [name for name, _ in calls] == ["reward", "ppo", "eval"]
+    printed = capsys.readouterr().out
+    assert "[5/7] reward: running again: its recipe section changed (num_train_pairs: 30000 -> 128)" in printed
+    assert "[6/7] ppo: running again: reward ran again" in printed and "[4/7] demos: done already" in printed
+
+    calls.clear()
+    assert run_stage("bc", BCTrainingConfig, lambda config: None, [str(recipe), "--learning_rate", "1e-3"]) == 0  # as scripts/bc.py
+    pipeline.run_pipeline(str(recipe), stages=stages)  # the script recorded its override: the recipe's value differs
+    assert [name for name, _ in calls] == ["bc", "demos", "reward", "ppo", "eval"]
+    assert "bc: running again: its recipe section changed (learning_rate: 0.001 -> 0.0003)" in capsys.readouterr().out
+
+    calls.clear()
+    (run / "vqvae" / STAGE_RECORD).unlink()  # done, but with no record of its recipe (an older run): not trusted
+    pipeline.run_pipeline(str(recipe), stages=["vqvae", "bc"])
+    assert [name for name, _ in calls] == ["vqvae", "bc"] and "vqvae: running again: no record of the recipe it ran with" in capsys.readouterr().out
+
+    calls.clear()
+    (run / "demos" / STAGE_RECORD).write_text((run / "demos" / STAGE_RECORD).read_text())  # untouched
+    pipeline.run_pipeline(str(recipe), stages=["demos"])  # bc ran again (above) after demos last ran
+    assert [name for name, _ in calls] == ["demos"] and "demos: running again: bc ran again since" in capsys.readouterr().out
+
+
+def test_the_stages_run_in_the_order_their_records_chain():
+    assert [stage.name for stage in pipeline.STAGES] == list(STAGE_FOLDERS)
+    assert all(stage.done_marker.split("/")[0] == STAGE_FOLDERS[stage.name] for stage in pipeline.STAGES)
 
 
 def test_bad_requests_are_refused(fake_stages, tmp_path):
@@ -125,11 +164,24 @@ def test_the_whole_pipeline_runs_on_the_synthetic_default(tmp_path, monkeypatch,
     assert 0.0 <= table["reward_model"]["pair_accuracy_unseen"] <= 1.0
     assert (run_dir / "eval" / "metrics.md").read_text().startswith("| Method |")
     assert sorted(path.name for path in (run_dir / "eval" / "dance").iterdir()) == [
-        "song.mp4", "song_bc.bvh", "song_bc.npz", "song_ppo.bvh", "song_ppo.npz"
+        "song.mp4", "song_bc.bvh", "song_bc.npz", "song_bc_smpl.npz", "song_ppo.bvh", "song_ppo.npz", "song_ppo_smpl.npz"
     ]  # fmt: skip
     printed = capsys.readouterr().out
     assert "| E3D2 |" in printed and str(run_dir / "eval" / "dance" / "song.mp4") in printed
     assert set(json.loads((run_dir / "pipeline.json").read_text())) == set(pipeline.STAGE_NAMES)
 
+    assert f"PPO's training curves (learned return, KL, entropy, explained variance, held-out FID_k, Div_k): {run_dir / 'ppo' / 'curves.png'}" in printed
+    assert (run_dir / "eval" / "dance" / "song_bc_smpl.npz").is_file()
+
     assert main(["pipeline", str(recipe), "--music", str(song)]) == 0  # everything done: only the report
     assert capsys.readouterr().out.count("done already") == len(pipeline.STAGE_NAMES)
+
+    # one line of the recipe changes (PPO's steps): PPO and what follows it run again, the rest is kept
+    recipe.write_text(recipe.read_text().replace("  max_steps: 2\n", "  max_steps: 3\n"))
+    assert main(["pipeline", str(recipe), "--music", str(song)]) == 0
+    printed = capsys.readouterr().out
+    print(printed)  # shown with -s: the report's "pipeline rerun after a one-line recipe change"
+    assert "[6/8] ppo: running again: its recipe section changed (max_steps: 2 -> 3)" in printed
+    assert "[7/8] eval: running again: ppo ran again" in printed and "[8/8] dance to" in printed
+    assert [name for name in pipeline.STAGE_NAMES if f"{name}: done already" in printed] == ["prepare", "vqvae", "bc", "demos", "reward"]
+    assert json.loads((run_dir / "ppo" / "summary.json").read_text())["steps"] == 3
