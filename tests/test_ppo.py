@@ -14,6 +14,7 @@ from pathlib import Path
 import huggingface_hub
 import numpy as np
 import pytest
+from PIL import Image
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
@@ -314,6 +315,8 @@ def test_end_to_end_on_a_tiny_run_folder(tiny_run, monkeypatch, tmp_path):
     assert sorted(path.name for path in (out / "checkpoints").iterdir()) == ["checkpoint-000001", "checkpoint-000002"]
     assert (tiny_run / "pose_codes" / "fingerprint.json").is_file()  # the run's shared pose-code cache
     assert any((out / "tensorboard").rglob("events.out.tfevents*"))
+    with Image.open(out / "curves.png") as curves:  # beside log.jsonl
+        assert curves.format == "PNG" and curves.size == (1200, 640)
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [entry["step"] for entry in log if "eval" not in entry] == [1, 2] and "learned_return" in log[1]
 

@@ -19,6 +19,7 @@ Outputs in `output_dir` (RUN/ppo):
                            rng_state.pt, trainer_state.json; written atomically, the last
                            `save_total_limit` kept; `--resume` continues from the newest
     log.jsonl              one line per PPO step (and per evaluation)
+    curves.png             learned return, KL, entropy, explained variance, held-out FID_k and Div_k over steps
     tensorboard/           tracker logs
     policy/                the final policy: `save_pretrained` + its VQ-VAE (policy/vqvae) + model
                            card; `AutoModelForCausalLM.from_pretrained(RUN/ppo/policy)` after

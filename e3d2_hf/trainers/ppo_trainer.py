@@ -18,9 +18,9 @@ Accelerate gives devices, DDP gradient sync, gathering statistics and trackers.
 4. Update: `num_ppo_epochs` (paper: 1) passes over the buffer in minibatches of `train_batch_size`
    (global, paper 512) on L_clip + c_V L_V - c_H H (eps 0.2, paper Eq. 16; c_V 0.1, c_H 0),
    gradient norm clipped to 0.5, AdamW lr 3e-4.
-5. Logging (trackers, `OUTPUT/log.jsonl`), evaluation every `eval_steps` by the `evaluator` it is
-   given (`train_ppo` gives the held-out evaluation), checkpoints every `save_steps`
-   (`e3d2_hf.trainers.checkpoints`).
+5. Logging (trackers, `OUTPUT/log.jsonl`, drawn at the end as `OUTPUT/curves.png`), evaluation
+   every `eval_steps` by the `evaluator` it is given (`train_ppo` gives the held-out evaluation),
+   checkpoints every `save_steps` (`e3d2_hf.trainers.checkpoints`).
 
 Policy and value network are one module (`PolicyWithValueHead`): the value network shares the
 policy's first `value_shared_layers` blocks (paper 6), then has its own `value_num_layers` blocks
@@ -64,6 +64,7 @@ from e3d2_hf.rl.rewards import LearnedReward, RewardFunction, RewardNormalizatio
 from e3d2_hf.rl.seeding import seed_of
 from e3d2_hf.trainers import checkpoints, distributed
 from e3d2_hf.trainers.ppo_config import PPOConfig
+from e3d2_hf.trainers.ppo_curves import CURVES_FILE, plot_curves
 from e3d2_hf.trainers.ppo_model_card import model_card, push_to_hub
 from e3d2_hf.utils import E3D2Error, atomic_directory, atomic_file
 
@@ -231,7 +232,8 @@ class PPOTrainer:
         self.save_model(self.output_dir / POLICY_FOLDER, summary)
         if config.push_to_hub:
             summary["pushed_to_hub"] = self.accelerator.is_main_process and push_to_hub(config, self.output_dir / POLICY_FOLDER)
-        if self.accelerator.is_main_process:  # written last: its presence marks a finished run
+        if self.accelerator.is_main_process:  # curves beside the log; summary.json last: its presence marks a finished run
+            plot_curves(self.output_dir / LOG_FILE, self.output_dir / CURVES_FILE)
             with atomic_file(self.output_dir / SUMMARY_FILE, "w") as handle:
                 handle.write(json.dumps(summary, indent=2) + "\n")
         self.accelerator.wait_for_everyone()
