@@ -1,12 +1,21 @@
 """Recipes: sections become config dataclasses, overrides win, unknown keys are rejected."""
 
+import dataclasses
+import importlib
+import os
+import re
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from e3d2_hf import pipeline
 from e3d2_hf.recipe import load_recipe, parse_recipe, run_dir_of
 from e3d2_hf.utils import E3D2Error
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -74,3 +83,39 @@ def test_run_dir_override_moves_the_output_dir(tmp_path):
     recipe = write_recipe(tmp_path, "run_name: toy\n")
     config = parse_recipe(ToyStageConfig, "toy", [recipe, "--run_dir", "elsewhere/run"])
     assert config.run_dir == "elsewhere/run" and config.output_dir == "elsewhere/run/toy"
+
+
+@pytest.mark.parametrize("stage", [stage.name for stage in pipeline.STAGES])
+def test_help_lists_the_stages_own_fields_first(stage, capsys):
+    from transformers import TrainingArguments
+
+    spec = next(candidate for candidate in pipeline.STAGES if candidate.name == stage)
+    config_class = getattr(importlib.import_module(spec.module), spec.config)
+    with pytest.raises(SystemExit) as exited:
+        parse_recipe(config_class, stage, ["--help"])
+    assert exited.value.code == 0
+    text = capsys.readouterr().out
+    trainer = {field.name for field in dataclasses.fields(TrainingArguments)} if issubclass(config_class, TrainingArguments) else set()
+    own = [field.name for field in dataclasses.fields(config_class) if field.init and field.name not in trainer]
+    listed = re.findall(r"^  --(\w+) ", text, flags=re.M)
+    assert listed[: len(own)] == own and set(listed) == {field.name for field in dataclasses.fields(config_class) if field.init and not field.name.startswith("_")}
+    assert text.splitlines()[4] == f"fields of the `{stage}` section ({config_class.__module__}.{config_class.__name__}):"
+    if trainer:
+        assert "TrainingArguments fields this stage gives its own default:" in text and "  --per_device_train_batch_size int (default: 32)" in text
+
+
+def test_a_stage_script_prints_its_help():
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "ppo.py"), "--help"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0 and done.stdout.startswith("usage: ppo.py RECIPE.yaml [--field value ...]")
+    assert "  --kl_beta float (default: 0.005)\n      beta of the per-step KL penalty (paper 5e-3)." in done.stdout
+
+
+def test_every_command_line_option_has_help():
+    from e3d2_hf.cli import SUBCOMMANDS, build_parser
+
+    for command in SUBCOMMANDS:
+        parser = build_parser(command)
+        (subparsers,) = [action for action in parser._actions if action.dest == "command"]
+        for action in [*parser._actions, *subparsers.choices[command]._actions]:
+            assert action.help, f"e3d2 {command}: {action.option_strings or action.dest} has no help text"
