@@ -179,6 +179,13 @@ def _field_default(field: dataclasses.Field) -> Any:
     return field.default_factory() if field.default_factory is not dataclasses.MISSING else "(required)"
 
 
+def _type_name(annotation: Any) -> str:
+    """A field's type as its annotation reads (HfArgumentParser replaces the annotation strings by the types themselves)."""
+    if isinstance(annotation, str):
+        return annotation
+    return annotation.__name__ if isinstance(annotation, type) else str(annotation).replace("typing.", "")
+
+
 def recipe_help(config_cls: type, section: str) -> str:
     """`scripts/<stage>.py --help`: the stage's own fields first, then the `TrainingArguments` fields it sets, then the rest.
 
@@ -203,7 +210,7 @@ def recipe_help(config_cls: type, section: str) -> str:
         group = titles[0] if base is None else titles[1] if repr(_field_default(base)) != repr(default) else titles[2]
         default_text = getattr(default, "value", default)  # enums as a recipe writes them
         help_text = " ".join(str(field.metadata.get("help", "")).split())
-        groups[group].append(f"  --{field.name} {field.type} (default: {default_text!r})")
+        groups[group].append(f"  --{field.name} {_type_name(field.type)} (default: {default_text!r})")
         if help_text:
             groups[group].append(textwrap.fill(help_text, 100, initial_indent=" " * 6, subsequent_indent=" " * 6))
     description = " ".join((config_cls.__doc__ or "").strip().split("\n\n")[0].split())
