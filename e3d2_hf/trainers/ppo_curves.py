@@ -67,10 +67,10 @@ def plot_curves(log_path: str | os.PathLike, out: str | os.PathLike) -> Path:
     figure = Figure(figsize=(12, 6.4), dpi=100)
     for axes, (title, step_key, eval_key, metric_key) in zip(figure.subplots(2, 3).flat, PANELS):
         if step_key is not None:
-            axes.plot(*_series(steps, step_key), label="training rollouts", linewidth=1.2)
+            axes.plot(*_series(steps, step_key), color="C0", label="training rollouts", linewidth=1.2)
         if eval_key is not None or metric_key is not None:
             x, y = _series(evaluations, eval_key or metric_key, metrics=metric_key is not None)
-            axes.plot(x, y, marker="o", label="held-out music (step 0: BC)", linewidth=1.2)
+            axes.plot(x, y, color="C1", marker="o", label="held-out music (step 0: BC)", linewidth=1.2)
         if step_key is not None and (eval_key is not None or metric_key is not None):
             axes.legend(fontsize=7)
         axes.set(title=title, xlabel="PPO step")
