@@ -360,14 +360,14 @@ def run(args: argparse.Namespace) -> int:
 class PrepareConfig:
     """The `prepare` section of a recipe: where the motions and music come from."""
 
-    run_dir: str = "runs/e3d2"
-    aistpp: str | None = None  # AIST++ annotations folder; None: the embedded synthetic dataset
-    music_dir: str | None = None  # default <aistpp>/wavs
-    synthetic: int = 24  # sequences of the synthetic dataset, when `aistpp` is None
-    seed: int = 0
-    gender: str = "male"
-    smpl_model_dir: str | None = None
-    feature_cache: bool = True
+    run_dir: str = field(default="runs/e3d2", metadata={"help": "Run folder: the prepared data goes to <run_dir>/data."})
+    aistpp: str | None = field(default=None, metadata={"help": "AIST++ annotations folder (motions/, splits/); null: the embedded synthetic dataset."})
+    music_dir: str | None = field(default=None, metadata={"help": "AIST++ music (<music_id>.wav; default <aistpp>/wavs)."})
+    synthetic: int = field(default=24, metadata={"help": "Sequences of the synthetic dataset, when aistpp is null."})
+    seed: int = field(default=0, metadata={"help": "Seed of the synthetic dataset."})
+    gender: str = field(default="male", metadata={"help": "SMPL body of the forward kinematics (male: AIST++'s; female needs smpl_model_dir)."})
+    smpl_model_dir: str | None = field(default=None, metadata={"help": "Your SMPL model files, used through smplx (default: the built-in rest skeleton)."})
+    feature_cache: bool = field(default=True, metadata={"help": "Reuse music features cached by content hash (E3D2_CACHE)."})
 
 
 def prepare_from_config(config: PrepareConfig) -> Path:

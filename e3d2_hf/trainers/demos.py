@@ -63,7 +63,7 @@ class DemosConfig:
     output_dir: str | None = field(default=None, metadata={"help": "Default <run_dir>/demos."})
     policy_path: str | None = field(default=None, metadata={"help": "Behaviour-cloning policy folder (default <run_dir>/bc)."})
     data_path: str | None = field(default=None, metadata={"help": "Prepared dataset (default <run_dir>/data)."})
-    seed: int = 0
+    seed: int = field(default=0, metadata={"help": "Seed of the demonstrators' sampling and noise."})
     noise_levels: list[float] = field(
         default_factory=lambda: list(PAPER_NOISE_LEVELS), metadata={"help": "eps of each demonstrator (paper: 0.02 .. 1.0)."}
     )
@@ -73,13 +73,13 @@ class DemosConfig:
     heldout_splits: list[str] = field(default_factory=lambda: ["val", "test"], metadata={"help": "Prepared splits whose music is unseen."})
     max_steps: int | None = field(default=None, metadata={"help": "Cut each piece to its first N pose-code steps (None: the whole piece)."})
     do_sample: bool = field(default=True, metadata={"help": "Sample the policy's codes (false: greedy) when no noise replaces them."})
-    temperature: float = 1.0
-    top_k: int | None = None
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the BC policy's pose codes."})
+    top_k: int | None = field(default=None, metadata={"help": "Sample each body half's code among its k likeliest (null: all)."})
     per_device_batch_size: int = field(default=64, metadata={"help": "Rollouts generated together."})
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace demonstrations written by an earlier run."})
-    disable_tqdm: bool = False
-    use_cpu: bool = False
-    mixed_precision: str = "no"
+    disable_tqdm: bool = field(default=False, metadata={"help": "No progress bars."})
+    use_cpu: bool = field(default=False, metadata={"help": "Generate on the CPU even when a GPU is visible."})
+    mixed_precision: str = field(default="no", metadata={"help": "Accelerate mixed precision: 'no', 'fp16' or 'bf16'."})
 
     def __post_init__(self):
         run = RunLayout(self.run_dir)

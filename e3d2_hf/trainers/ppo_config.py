@@ -31,7 +31,7 @@ class PPOConfig:
     policy_path: str | None = field(default=None, metadata={"help": "Behaviour-cloning policy folder (default <run_dir>/bc)."})
     reward_model_path: str | None = field(default=None, metadata={"help": "Reward model folder (default <run_dir>/reward)."})
     data_path: str | None = field(default=None, metadata={"help": "Prepared dataset (default <run_dir>/data)."})
-    seed: int = 0
+    seed: int = field(default=0, metadata={"help": "Seed of rollouts, minibatch order and evaluation dances."})
 
     # Environment (Table 7: trajectory length 29, buffer = number of training music segments)
     segment_steps: int = field(default=30, metadata={"help": "Steps per episode: a_0 from the data + 29 actions."})
@@ -59,12 +59,12 @@ class PPOConfig:
 
     # Advantages and losses
     advantage_estimator: str = field(default="return", metadata={"help": "'return' (A = G - V, paper Eq. 14) or 'gae'."})
-    gamma: float = 1.0
-    gae_lambda: float = 0.95
-    whiten_advantages: bool = True
-    clip_ratio: float = 0.2
-    value_loss_weight: float = 0.1
-    entropy_loss_weight: float = 0.0
+    gamma: float = field(default=1.0, metadata={"help": "Discount of the returns (paper 1: undiscounted)."})
+    gae_lambda: float = field(default=0.95, metadata={"help": "lambda of GAE (advantage_estimator gae)."})
+    whiten_advantages: bool = field(default=True, metadata={"help": "Normalise the advantages to mean 0, std 1 over the buffer (all processes)."})
+    clip_ratio: float = field(default=0.2, metadata={"help": "eps of the clipped surrogate (paper Eq. 16: 0.2)."})
+    value_loss_weight: float = field(default=0.1, metadata={"help": "c_V: weight of the value loss (paper 0.1)."})
+    entropy_loss_weight: float = field(default=0.0, metadata={"help": "c_H: weight of the entropy bonus (paper 0)."})
 
     # Value network
     value_shared_layers: int | None = field(default=None, metadata={"help": "Policy blocks shared with the value network (None: the policy's num_base_layers)."})
@@ -75,10 +75,10 @@ class PPOConfig:
     max_steps: int = field(default=100, metadata={"help": "PPO steps (rollouts + update each)."})
     num_ppo_epochs: int = field(default=1, metadata={"help": "Passes over each buffer (paper: 1)."})
     train_batch_size: int = field(default=512, metadata={"help": "Global minibatch of episodes per optimiser step (paper 512)."})
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 3e-4
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Pieces each minibatch is split into (same update, less memory)."})
+    learning_rate: float = field(default=3e-4, metadata={"help": "AdamW learning rate (paper 3e-4)."})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (torch's default; the paper names none)."})
-    max_grad_norm: float = 0.5
+    max_grad_norm: float = field(default=0.5, metadata={"help": "Gradient norm clip (paper 0.5)."})
     per_device_rollout_batch_size: int = field(default=256, metadata={"help": "Episodes per generation / scoring batch."})
 
     # Evaluation, logging, checkpoints
@@ -88,15 +88,15 @@ class PPOConfig:
     eval_do_sample: bool = field(default=True, metadata={"help": "Sample evaluation dances (seeded) as in training; false: greedy."})
     eval_metrics: bool = field(default=True, metadata={"help": "Compute the paper's metrics (FID, Div, BAS) at each evaluation."})
     report_to: str = field(default="tensorboard", metadata={"help": "Accelerate tracker ('tensorboard', 'wandb', ... or 'none')."})
-    logging_steps: int = 1
-    save_steps: int = 10
-    save_total_limit: int = 2
+    logging_steps: int = field(default=1, metadata={"help": "Log every N PPO steps (trackers and log.jsonl)."})
+    save_steps: int = field(default=10, metadata={"help": "Checkpoint every N PPO steps."})
+    save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept (the newest)."})
     resume: bool = field(default=False, metadata={"help": "Continue from the newest checkpoint in <output_dir>/checkpoints."})
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Start over, deleting earlier checkpoints and logs."})
     push_to_hub: bool = field(default=False, metadata={"help": "Upload the final policy (RUN/ppo/policy, with its VQ-VAE) to the Hub after training."})
     hub_model_id: str | None = field(default=None, metadata={"help": "Hub repository of push_to_hub (default: e3d2-<run name> in your namespace)."})
-    use_cpu: bool = False
-    mixed_precision: str = "no"
+    use_cpu: bool = field(default=False, metadata={"help": "Train on the CPU even when a GPU is visible."})
+    mixed_precision: str = field(default="no", metadata={"help": "Accelerate mixed precision: 'no', 'fp16' or 'bf16'."})
 
     def __post_init__(self):
         run = RunLayout(self.run_dir)
