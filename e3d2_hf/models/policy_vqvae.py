@@ -53,8 +53,9 @@ class CarriesVQVAE:
         if not (folder / "config.json").is_file():
             raise E3D2Error(f"policy at {self.config.name_or_path} has no VQ-VAE (expected {folder})")
         from e3d2_hf.models.modeling_vqvae import E3D2VQVAE
+        from e3d2_hf.models.weights import load_pretrained
 
-        vqvae = E3D2VQVAE.from_pretrained(folder).to(self.device).eval()
+        vqvae = load_pretrained(E3D2VQVAE, folder).to(self.device).eval()
         self.attach_vqvae(vqvae)
         return vqvae
 
