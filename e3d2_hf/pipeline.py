@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from e3d2_hf.recipe import RunLayout, load_recipe, parse_recipe, run_dir_of
-from e3d2_hf.utils import E3D2Error, atomic_file
+from e3d2_hf.utils import E3D2Error, atomic_file, positive_float, run_lock
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +86,14 @@ def dance_stage(run: RunLayout, music: Path, seconds: float | None) -> Path:
     return run.dance / f"{music.stem}.mp4"
 
 
-def run_pipeline(recipe: str, *, music: str | None = None, seconds: float | None = None, force: bool = False, stages: list[str] | None = None) -> dict[str, Any]:
-    """Run (or continue) every stage of `recipe`; returns {"timings": ..., "table": ..., "video": ...}."""
+def run_pipeline(recipe: str, **options: Any) -> dict[str, Any]:
+    """Run (or continue) every stage of `recipe`, the only writer of its run folder (`run_lock`); returns
+    {"timings": ..., "table": ..., "video": ...}. Options as `_run_pipeline`."""
+    with run_lock(run_dir_of(load_recipe(recipe))):
+        return _run_pipeline(recipe, **options)
+
+
+def _run_pipeline(recipe: str, *, music: str | None = None, seconds: float | None = None, force: bool = False, stages: list[str] | None = None) -> dict[str, Any]:
     run = RunLayout(run_dir_of(load_recipe(recipe)))
     selected = stages or STAGE_NAMES
     unknown = sorted(set(selected) - set(STAGE_NAMES))
@@ -150,7 +156,7 @@ def _report(run: RunLayout, video: Path | None) -> dict[str, Any] | None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("recipe", nargs="?", default="recipes/tiny.yaml", help="the run's recipe (default: recipes/tiny.yaml)")
     parser.add_argument("--music", default=None, help="music for the final dance (default: a track of immich-memories-music)")
-    parser.add_argument("--seconds", type=float, default=None, help="dance to the first S seconds of the music only")
+    parser.add_argument("--seconds", type=positive_float, default=None, help="dance to the first S seconds of the music only")
     parser.add_argument("--force", action="store_true", help="redo every stage, even those already done")
     parser.add_argument("--stages", nargs="+", choices=STAGE_NAMES, default=None, help="run only these stages (default: all)")
 
