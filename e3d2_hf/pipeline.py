@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from e3d2_hf.recipe import RunLayout, load_recipe, parse_recipe, run_dir_of
-from e3d2_hf.utils import E3D2Error, atomic_file, positive_float, run_lock
+from e3d2_hf.utils import E3D2Error, atomic_file, existing_file, positive_float, run_lock
 
 logger = logging.getLogger(__name__)
 
@@ -100,8 +100,8 @@ def _run_pipeline(recipe: str, *, music: str | None = None, seconds: float | Non
     if unknown:
         raise E3D2Error(f"pipeline: unknown stage(s) {unknown}; the stages are {STAGE_NAMES}")
     music_path = Path(music) if music else (default_music() if "dance" in selected else None)
-    if music_path is not None and not music_path.is_file():
-        raise E3D2Error(f"{music_path}: no such music file")
+    if music_path is not None:
+        existing_file(music_path, "music file")
     timings_file = run.timings
     timings: dict[str, float] = json.loads(timings_file.read_text()) if timings_file.is_file() and not force else {}
     redo = force

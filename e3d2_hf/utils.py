@@ -132,6 +132,16 @@ def safe_load_pickle(path: str | os.PathLike) -> Any:
         raise E3D2Error(f"{path}: corrupt pickle ({type(exc).__name__}: {exc})") from exc
 
 
+def existing_file(path: str | os.PathLike, what: str) -> Path:
+    """`path` when it is a file; `E3D2Error` saying it is a folder, or that there is no such `what`."""
+    path = Path(path)
+    if path.is_dir():
+        raise E3D2Error(f"{path}: is a folder, not a file")
+    if not path.is_file():
+        raise E3D2Error(f"{path}: no such {what}")
+    return path
+
+
 def numpy_file_kind(path: str | os.PathLike) -> str | None:
     """"npy" or "npz" by the file's first bytes (not its name), None for anything else; `E3D2Error` if unreadable.
 

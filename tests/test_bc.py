@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, Trainer
 
 import e3d2_hf  # noqa: F401  (registers the policy with AutoModelForCausalLM)
 from e3d2_hf.data.music import BEAT_COLUMN
@@ -323,3 +323,22 @@ def test_the_pose_code_cache_key_ignores_where_the_vqvae_was_loaded_from(tmp_pat
     with torch.no_grad():
         second.root_velocity_decoder.layers[-1].bias.add_(1.0)
     assert pose_codes.vqvae_fingerprint(second) != pose_codes.vqvae_fingerprint(first)
+
+
+def test_a_checkpoint_that_cannot_be_written_is_named_and_removed(tmp_path, monkeypatch):
+    """A full disk half-way through a Trainer checkpoint: torch's writer raises a RuntimeError from deep inside."""
+    run_dir = write_run(tmp_path / "run")
+    save, saves = Trainer._save_optimizer_and_scheduler, []
+
+    def disk_full_at_the_second(self, output_dir):
+        saves.append(output_dir)
+        if len(saves) == 2:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file data/0: file write failed")
+        return save(self, output_dir)
+
+    monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", disk_full_at_the_second)
+    work = run_dir / ".bc.training"
+    with pytest.raises(E3D2Error, match=f"^{work / 'checkpoint-2'}: cannot write the checkpoint \\(RuntimeError: .*file write failed\\); the earlier ones are kept$"):
+        bc.train_bc(tiny_config(run_dir, save_strategy="steps", save_steps=1))
+    assert sorted(path.name for path in work.glob("checkpoint-*")) == ["checkpoint-1"] and bc.last_checkpoint(tiny_config(run_dir, output_dir=str(work)))
+    assert not (run_dir / "bc").exists()

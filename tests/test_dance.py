@@ -288,7 +288,7 @@ def test_a_start_pose_that_is_not_an_array_is_refused_without_unsafe_advice(poli
 
 def test_a_folder_as_music_is_called_a_folder(policy_dir, tmp_path, capsys):
     assert main(["dance", "--model", str(policy_dir), "--music", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
-    assert f"{tmp_path}: is a folder, not an audio file" in one_line_error(capsys)
+    assert f"{tmp_path}: is a folder, not a file" in one_line_error(capsys)
 
 
 def test_a_full_disk_names_the_output_folder_and_keeps_the_earlier_dance(policy_dir, song, tmp_path, capsys, monkeypatch):

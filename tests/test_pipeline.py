@@ -78,6 +78,8 @@ def test_bad_requests_are_refused(fake_stages, tmp_path):
         pipeline.run_pipeline(str(recipe), stages=["prepare", "train"])
     with pytest.raises(E3D2Error, match="no such music file"):
         pipeline.run_pipeline(str(recipe), music=str(tmp_path / "missing.mp3"))
+    with pytest.raises(E3D2Error, match=f"{tmp_path}: is a folder, not a file"):
+        pipeline.run_pipeline(str(recipe), music=str(tmp_path))
     assert calls == []
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from e3d2_hf.utils import E3D2Error, cache_dir, file_sha256, read_cached_array, write_cached_array
+from e3d2_hf.utils import E3D2Error, cache_dir, existing_file, file_sha256, read_cached_array, write_cached_array
 
 MUSIC_FEATURE_DIM = 438
 BEAT_COLUMN = 53
@@ -40,10 +40,7 @@ def sample_rate_for(fps: float) -> int:
 
 def check_audio_path(path: Path) -> None:
     """`E3D2Error` unless `path` is a non-empty file (a folder, a missing or an empty file named as such)."""
-    if path.is_dir():
-        raise E3D2Error(f"{path}: is a folder, not an audio file")
-    if not path.is_file():
-        raise E3D2Error(f"{path}: no such audio file")
+    existing_file(path, "audio file")
     if path.stat().st_size == 0:
         raise E3D2Error(f"{path}: empty audio file")
 

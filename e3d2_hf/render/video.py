@@ -32,7 +32,7 @@ from scipy.ndimage import gaussian_filter1d
 from tqdm.auto import tqdm
 
 from e3d2_hf.motion.skeleton import NUM_JOINTS, SMPL_JOINT_NAMES, SMPL_PARENTS
-from e3d2_hf.utils import E3D2Error, atomic_file, atomic_path
+from e3d2_hf.utils import E3D2Error, atomic_file, atomic_path, existing_file
 
 # Frame rate of the video per format when `render_fps` is None: the 60 fps motion sub-sampled to
 # 30 fps (smooth enough, half the work), and 20 fps for GIF to keep the files small.
@@ -269,9 +269,7 @@ def _follow(joints: np.ndarray, fps: float) -> np.ndarray:
 
 def _check_music(music_path: str | os.PathLike) -> Path:
     """Decode the first second with ffmpeg, so an unreadable file fails before minutes of rendering."""
-    music = Path(music_path)
-    if not music.is_file():
-        raise E3D2Error(f"{music}: no such music file")
+    music = existing_file(music_path, "music file")
     command = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-i", str(music), "-map", "0:a:0", "-t", "1", "-f", "null", "-"]
     result = subprocess.run(command, check=False, capture_output=True, timeout=120)
     if result.returncode != 0:
