@@ -219,6 +219,12 @@ def test_training_resumes_and_refuses_changed_settings(tmp_path, monkeypatch):
         bc.train_bc(tiny_config(run_dir, learning_rate=1e-2, num_train_epochs=2))
     with pytest.raises(E3D2Error, match="at epoch 2, past num_train_epochs 1"):  # Trainer would stop there silently
         bc.train_bc(tiny_config(run_dir, num_train_epochs=1))
+    manifest = run_dir / "data" / "manifest.json"
+    original = manifest.read_text()
+    manifest.write_text('{"source": {"kind": "prepared again"}}')
+    with pytest.raises(E3D2Error, match="other settings \\(data '[0-9a-f]+' -> '[0-9a-f]+'\\)"):
+        bc.train_bc(tiny_config(run_dir, num_train_epochs=2))
+    manifest.write_text(original)
     newest = work / checkpoints[-1] / "model.safetensors"
     newest.write_bytes(newest.read_bytes()[:100])  # unreadable: the previous checkpoint is resumed instead
 

@@ -36,9 +36,10 @@ from huggingface_hub import ModelCard
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, IntervalStrategy, SaveStrategy, SchedulerType, get_last_checkpoint
 
+from e3d2_hf.data.prepare import MANIFEST_NAME
 from e3d2_hf.models.weights import check_safetensors, short_reason
 from e3d2_hf.recipe import RunLayout
-from e3d2_hf.utils import E3D2Error, atomic_directory, atomic_file, non_finite_fields
+from e3d2_hf.utils import E3D2Error, atomic_directory, atomic_file, file_sha256, non_finite_fields
 
 TRAINER_STATE_NAME = "trainer_state.json"  # transformers.trainer.TRAINER_STATE_NAME
 
@@ -144,10 +145,12 @@ def prepare_work_dir(arguments: BailandoTrainingArguments, settings: dict[str, A
     """The stage's work folder, emptied first unless resuming; refuses to resume one made with other settings.
 
     `settings` (JSON-able, flat) are what a checkpoint only fits: model sizes, windows, the VQ-VAE;
-    the optimiser and schedule values of `RESUME_SETTINGS` are added. A new work folder records
-    them. Call it on every process: the main one goes first.
+    the optimiser and schedule values of `RESUME_SETTINGS` and the prepared data's manifest are
+    added. A new work folder records them. Call it on every process: the main one goes first.
     """
+    manifest = Path(arguments.data_path) / MANIFEST_NAME
     settings = {**settings, **{name: _plain(getattr(arguments, name)) for name in RESUME_SETTINGS}}
+    settings["data"] = file_sha256(manifest) if manifest.is_file() else None  # data prepared again: other data
     work_dir = arguments.work_dir
     record = work_dir / WORK_SETTINGS_FILE
     with arguments.main_process_first(desc=f"{arguments.stage} work folder"):
@@ -160,7 +163,7 @@ def prepare_work_dir(arguments: BailandoTrainingArguments, settings: dict[str, A
                 raise E3D2Error(f"{record}: unreadable ({exc}); rerun with --resume false to start over") from exc
             changed = [f"{name} {found[name]!r} -> {settings[name]!r}" for name in sorted(set(found) & set(settings)) if found[name] != settings[name]]
             if changed:
-                raise E3D2Error(f"{work_dir}: an interrupted run with other settings ({', '.join(changed)}) is there; rerun with --resume false to start over")
+                raise E3D2Error(f"{work_dir}: an interrupted run with other settings ({', '.join(changed)}) is there; rerun with --resume false (or delete that folder) to start over")
         else:
             work_dir.mkdir(parents=True, exist_ok=True)
             with atomic_file(record, "w") as handle:
