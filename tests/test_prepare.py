@@ -19,6 +19,8 @@ from e3d2_hf.data import aistpp, music
 from e3d2_hf.data import prepare as build
 from e3d2_hf.utils import E3D2Error, file_sha256
 
+from conftest import one_error_line
+
 SAMPLE_RATE = 22050
 NAMES = {
     "train": ["gBR_sBM_cAll_d04_mBR0_ch01", "gPO_sBM_cAll_d10_mPO1_ch02"],
@@ -203,3 +205,7 @@ def test_a_read_only_out_is_one_error_line_naming_it(tmp_path: Path, capsys: pyt
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("e3d2 prepare")]
     assert lines == [f"e3d2 prepare: error: {out}: cannot write (Read-only file system)"]  # not the hidden staging folder
     assert not out.exists()
+    out.write_text("my notes")  # once silently replaced by the dataset folder
+    assert main(["prepare", "--aistpp", str(root), "--out", str(out)]) == 2
+    assert one_error_line(capsys.readouterr().err, "e3d2 prepare: error: ") == f"e3d2 prepare: error: {out}: is a file, not a folder"
+    assert out.read_text() == "my notes"

@@ -159,13 +159,18 @@ def _build_split(rows: _SplitRows, arrow_cache: str) -> Any:
 
     try:
         return datasets.Dataset.from_generator(rows, features=dataset_features(), cache_dir=arrow_cache, split=rows.split)
-    except Exception:
+    except Exception as exc:
         if rows.rows == 0 and rows.skipped:
             first = rows.skipped[0]
             raise E3D2Error(
                 f"split '{rows.split}': none of its {len(rows.sequences)} sequences could be read "
                 f"(first: {first['reason']})"
             ) from None
+        cause = exc
+        while cause is not None and not isinstance(cause, (E3D2Error, OSError)):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None and cause is not exc:  # `datasets` wraps a full disk (OSError) in its own error
+            raise cause from exc
         raise
 
 
@@ -223,6 +228,8 @@ def prepare_dataset(
 
     started = time.perf_counter()
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():  # before minutes of work (a file is never replaced by the dataset)
+        raise E3D2Error(f"{out_dir}: is a file, not a folder")
     if (aistpp_dir is None) == (synthetic_sequences is None):
         raise E3D2Error("prepare: give exactly one source, an AIST++ folder or a number of synthetic sequences")
     if gender not in GENDERS:
