@@ -34,14 +34,13 @@ from typing import Any, ClassVar
 import torch
 from huggingface_hub import ModelCard
 from transformers import PreTrainedModel, Trainer, TrainingArguments
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, IntervalStrategy, SaveStrategy, SchedulerType, get_last_checkpoint
 
 from e3d2_hf.data.prepare import MANIFEST_NAME
 from e3d2_hf.models.weights import check_safetensors, short_reason
 from e3d2_hf.recipe import RunLayout
 from e3d2_hf.utils import E3D2Error, atomic_directory, atomic_file, file_sha256, non_finite_fields
-
-TRAINER_STATE_NAME = "trainer_state.json"  # transformers.trainer.TRAINER_STATE_NAME
 
 logger = logging.getLogger(__name__)
 
