@@ -10,6 +10,7 @@ import argparse
 import importlib
 import logging
 import sys
+from typing import NoReturn
 
 from e3d2_hf import __version__
 from e3d2_hf.utils import E3D2Error
@@ -25,8 +26,15 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class OneLineErrors(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, as every other error of `e3d2` (argparse prints the whole usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="e3d2", description="E3D2: dance generation with RL from a learned reward.")
+    parser = OneLineErrors(prog="e3d2", description="E3D2: dance generation with RL from a learned reward.")
     parser.add_argument("--version", action="version", version=f"e3d2-hf {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, help="what to do (e3d2 COMMAND --help for its options)")
     for name, (module_name, help_text) in SUBCOMMANDS.items():
@@ -47,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     except E3D2Error as exc:
         print(f"e3d2 {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"e3d2 {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from huggingface_hub import ModelCard
 from e3d2_hf.recipe import RunLayout
 from e3d2_hf.trainers.model_card import CardTable, build_model_card, eval_results, format_value, metric_value, recipe_values, training_data
 from e3d2_hf.trainers.publishing import record_upload, upload_folder, uploaded_as
-from e3d2_hf.utils import E3D2Error, atomic_directory
+from e3d2_hf.utils import E3D2Error, atomic_directory, existing_file
 
 GIF_SECONDS = 4.0
 GIF_SIZE = (320, 240)
@@ -218,8 +218,8 @@ def build_folder(
     from e3d2_hf.inference import load_policy
 
     policy_dir, summary_path = find_policy(source)
-    if music is not None and not Path(music).is_file():
-        raise E3D2Error(f"{music}: no such music file")
+    if music is not None:
+        existing_file(music, "music file")
     out = Path(out) if out is not None else default_folder(policy_dir)
     _check_replaceable(out, policy_dir)
     summary, recipe = _read_json(summary_path), _read_json(policy_dir / "training_config.json")

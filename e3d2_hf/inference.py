@@ -36,7 +36,7 @@ import numpy as np
 
 from e3d2_hf.motion.skeleton import GENDERS
 from e3d2_hf.render.smpl import SMPL_FORMATS
-from e3d2_hf.utils import E3D2Error, atomic_file
+from e3d2_hf.utils import E3D2Error, atomic_file, finite_number, numpy_file_kind, positive_float
 
 MOTION_FPS = 60.0
 MUSIC_FPS = 7.5
@@ -104,15 +104,10 @@ def resolve_model(model: str | os.PathLike) -> Path:
 
 def load_policy(model: str | os.PathLike) -> Any:
     """The policy (an `AutoModelForCausalLM`) with its VQ-VAE loaded, in eval mode."""
-    from transformers import AutoModelForCausalLM  # its import registers our models (see e3d2_hf/__init__.py)
+    from e3d2_hf.models.modeling_policy import E3D2PolicyModel
+    from e3d2_hf.models.weights import load_pretrained
 
-    folder = resolve_model(model)
-    try:
-        policy = AutoModelForCausalLM.from_pretrained(folder)
-    except (OSError, ValueError, KeyError) as exc:
-        raise E3D2Error(f"{folder}: cannot load the policy ({exc})") from exc
-    if not hasattr(policy, "load_vqvae"):
-        raise E3D2Error(f"{folder}: {type(policy).__name__} is not an E3D2 policy")
+    policy = load_pretrained(E3D2PolicyModel, resolve_model(model))
     policy.load_vqvae()
     return policy.eval()
 
@@ -148,16 +143,25 @@ def ground_dance(joints: np.ndarray, fps: float = MOTION_FPS) -> np.ndarray:
 
 
 def load_start_pose(path: str | os.PathLike | None, frames: int = 8) -> np.ndarray:
+    """Joints of the first pose from a .npy array or the `joints` of an .npz (read by content, never unpickled)."""
     if path is None:
         return standing_start_pose(frames)
     path = Path(path)
+    kind = numpy_file_kind(path)
+    if kind is None:
+        raise E3D2Error(f"{path}: not a .npy or .npz file of joints")
     try:
-        joints = np.load(path, allow_pickle=False)
-        if path.suffix == ".npz":
-            joints = joints["joints"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise E3D2Error(f"{path}: cannot read a start pose ({exc})") from exc
-    joints = np.asarray(joints, dtype=np.float32)
+        loaded = np.load(path, allow_pickle=False)
+        if kind == "npz":
+            with loaded:
+                joints = np.asarray(loaded["joints"], dtype=np.float32)
+        else:
+            joints = np.asarray(loaded, dtype=np.float32)
+    except KeyError:
+        raise E3D2Error(f"{path}: the .npz holds no 'joints' array") from None
+    except Exception as exc:  # cut or corrupt files: ValueError, EOFError, zipfile.BadZipFile, OSError
+        reason = "it holds Python objects, not numbers" if "pickle" in str(exc) else f"{type(exc).__name__}: {exc}"
+        raise E3D2Error(f"{path}: cannot read a start pose ({reason})") from exc
     if joints.ndim == 2 and joints.shape == (24, 3):
         joints = np.repeat(joints[None], frames, axis=0)
     if joints.ndim != 3 or joints.shape[1:] != (24, 3) or joints.shape[0] < frames:
@@ -191,6 +195,8 @@ def music_to_joints(
     """
     import torch
 
+    if do_sample:
+        check_sampling(temperature, top_k)
     vqvae = policy.load_vqvae()
     music = torch.as_tensor(np.asarray(music_features, dtype=np.float32) if isinstance(music_features, np.ndarray) else music_features)
     single = music.ndim == 2
@@ -230,6 +236,13 @@ def music_to_joints(
 
 
 
+def check_sampling(temperature: float, top_k: int | None) -> None:
+    """`E3D2Error` unless the temperature is a positive finite number and top-k (if any) at least 1."""
+    finite_number(temperature, "temperature", positive=True)
+    if top_k is not None and top_k < 1:
+        raise E3D2Error(f"top_k must be at least 1, got {top_k}")
+
+
 def generate_dances(
     model: str | os.PathLike | Any,
     music_path: str | os.PathLike,
@@ -247,21 +260,23 @@ def generate_dances(
     from e3d2_hf.data.music import BEAT_COLUMN, music_features
     from e3d2_hf.motion.fitting import fit_skeleton
 
+    if seconds is not None:  # settings checked before any model or music is read
+        finite_number(seconds, "seconds", positive=True)
+    if num_dances < 1:
+        raise E3D2Error(f"num_dances must be at least 1, got {num_dances}")
+    if not greedy:
+        check_sampling(temperature, top_k)
     policy = model if hasattr(model, "load_vqvae") else load_policy(model)
     model_id = str(model) if not hasattr(model, "load_vqvae") else str(getattr(policy, "name_or_path", "policy"))
     music_path = Path(music_path)
     features = music_features(music_path, fps=MUSIC_FPS)
     if seconds is not None:
-        if seconds <= 0:
-            raise E3D2Error(f"--seconds must be positive, got {seconds}")
         features = features[: int(np.ceil(seconds * MUSIC_FPS))]
     if features.shape[0] < 2:
         raise E3D2Error(f"{music_path}: music too short to dance to ({features.shape[0] / MUSIC_FPS:.2f} s)")
     if not features[:, BEAT_COLUMN].any():
         # Silence (or music without a pulse) is still a valid input, the dance just cannot follow it.
         logger.warning("%s: no beats found (silent?); dancing anyway", music_path)
-    if num_dances < 1:
-        raise E3D2Error(f"--num-dances must be at least 1, got {num_dances}")
     frames = policy.load_vqvae().config.frames_per_code
     start = load_start_pose(start_pose, frames)
     joints = music_to_joints(
@@ -299,31 +314,41 @@ def staged_into(folder: Path) -> Iterator[Path]:
     """A hidden folder inside `folder` whose files move into `folder` only if the block succeeds.
 
     A run that fails late (rendering after the npz and BVH files exist) thus leaves nothing behind,
-    and files of an earlier run are only replaced by a complete new set.
+    not even `folder` when this made it, and files of an earlier run are only replaced by a complete
+    new set. Errors name `folder`, never the hidden one.
     """
+    created = not folder.exists()
     try:
+        folder.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".e3d2-dance-", dir=folder))
     except OSError as exc:
         raise E3D2Error(f"{folder}: cannot write into the output folder ({exc.strerror or exc})") from exc
+    succeeded = False
     try:
         yield staging
         for file in sorted(staging.iterdir()):
             os.replace(file, folder / file.name)
+        succeeded = True
     except OSError as exc:  # disk full, folder removed meanwhile, ...
         raise E3D2Error(f"{folder}: cannot write the dance files ({exc.strerror or exc})") from exc
+    except E3D2Error as exc:
+        raise E3D2Error(str(exc).replace(str(staging), str(folder))) from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if created and not succeeded:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, action="append", help="policy folder (runs/<name>/bc, runs/<name>/ppo/policy) or Hub id USER/NAME; repeat to compare models side by side")
     parser.add_argument("--music", required=True, help="any audio file librosa reads (wav, mp3, ogg, flac)")
     parser.add_argument("--out", default="dances", help="output folder (default: dances)")
-    parser.add_argument("--seconds", type=float, default=None, help="dance to the first S seconds only (default: the whole piece)")
+    parser.add_argument("--seconds", type=positive_float, default=None, help="dance to the first S seconds only (default: the whole piece)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed: the same seed, model and music give the same dance (default: 0)")
     parser.add_argument("--num-dances", type=int, default=1, help="several dances for the same music, one video side by side")
     parser.add_argument("--greedy", action="store_true", help="greedy decoding (Bailando's) instead of sampling")
-    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the pose codes (default: 1.0)")
+    parser.add_argument("--temperature", type=positive_float, default=1.0, help="sampling temperature of the pose codes (default: 1.0)")
     parser.add_argument("--top-k", type=int, default=None, help="sample each body half's code among its k likeliest (default: all codes)")
     parser.add_argument("--start-pose", default=None, help=".npy/.npz joints (24,3) or (>=8,24,3) for the first pose (default: standing)")
     parser.add_argument("--format", choices=("mp4", "gif", "none"), default="mp4", help="video with the music (mp4), silent gif, or none (default: mp4)")
@@ -332,6 +357,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--smpl-format", choices=SMPL_FORMATS, default="npz", help="npz, or pkl: the AIST++/EDGE pickle layout (default: npz)")
     parser.add_argument("--smpl-gender", choices=GENDERS, default="male", help="SMPL body whose rest skeleton the parameters pose (default: male, built in)")
     parser.add_argument("--smpl-model-dir", default=None, help="your SMPL model files (SMPL_MALE.pkl/.npz ...), used through smplx; default: the built-in skeleton")
+
+
+def check_writable_folder(folder: Path) -> None:
+    """`E3D2Error` now, before minutes of generation, when `folder` could not be written (it is made only at the end)."""
+    existing = next(path for path in (folder, *folder.absolute().parents) if path.exists())
+    if existing == folder and not folder.is_dir():
+        raise E3D2Error(f"{folder}: is a file, not a folder")
+    if not existing.is_dir():
+        raise E3D2Error(f"{folder}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK):
+        raise E3D2Error(f"{folder}: cannot write there ({existing} is not writable)")
 
 
 def write_dances(
@@ -353,12 +389,7 @@ def write_dances(
     fitted with an SMPL body still gets its other files; the error comes after they are written.
     """
     out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise E3D2Error(f"{out}: cannot create the output folder ({exc.strerror or exc})") from exc
-    if not os.access(out, os.W_OK):
-        raise E3D2Error(f"{out}: output folder is not writable")
+    check_writable_folder(out)
     stem = Path(music_path).stem
     labels = model_labels(models) if len(models) > 1 else [""]
     named: list[tuple[str, str, Dance]] = []  # (file name, video title, dance)

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from e3d2_hf.trainers.ppo_curves import CURVES_FILE
 from e3d2_hf.recipe import RunLayout, load_recipe, parse_recipe, record_stage, run_dir_of, stage_change
-from e3d2_hf.utils import E3D2Error, atomic_file
+from e3d2_hf.trainers.ppo_curves import CURVES_FILE
+from e3d2_hf.utils import E3D2Error, atomic_file, existing_file, positive_float, run_lock
 
 logger = logging.getLogger(__name__)
 
@@ -94,16 +94,22 @@ def dance_stage(run: RunLayout, music: Path, seconds: float | None) -> Path:
     return run.dance / f"{music.stem}.mp4"
 
 
-def run_pipeline(recipe: str, *, music: str | None = None, seconds: float | None = None, force: bool = False, stages: list[str] | None = None) -> dict[str, Any]:
-    """Run (or continue) every stage of `recipe`; returns {"timings": ..., "table": ..., "video": ...}."""
+def run_pipeline(recipe: str, **options: Any) -> dict[str, Any]:
+    """Run (or continue) every stage of `recipe`, the only writer of its run folder (`run_lock`); returns
+    {"timings": ..., "table": ..., "video": ...}. Options as `_run_pipeline`."""
+    with run_lock(run_dir_of(load_recipe(recipe))):
+        return _run_pipeline(recipe, **options)
+
+
+def _run_pipeline(recipe: str, *, music: str | None = None, seconds: float | None = None, force: bool = False, stages: list[str] | None = None) -> dict[str, Any]:
     run = RunLayout(run_dir_of(load_recipe(recipe)))
     selected = stages or STAGE_NAMES
     unknown = sorted(set(selected) - set(STAGE_NAMES))
     if unknown:
         raise E3D2Error(f"pipeline: unknown stage(s) {unknown}; the stages are {STAGE_NAMES}")
     music_path = Path(music) if music else (default_music() if "dance" in selected else None)
-    if music_path is not None and not music_path.is_file():
-        raise E3D2Error(f"{music_path}: no such music file")
+    if music_path is not None:
+        existing_file(music_path, "music file")
     timings_file = run.timings
     timings: dict[str, float] = json.loads(timings_file.read_text()) if timings_file.is_file() and not force else {}
     redo = "--force" if force else None  # why every stage from here on runs again
@@ -165,7 +171,7 @@ def _report(run: RunLayout, video: Path | None) -> dict[str, Any] | None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("recipe", nargs="?", default="recipes/tiny.yaml", help="the run's recipe (default: recipes/tiny.yaml)")
     parser.add_argument("--music", default=None, help="music for the final dance (default: a track of immich-memories-music)")
-    parser.add_argument("--seconds", type=float, default=None, help="dance to the first S seconds of the music only")
+    parser.add_argument("--seconds", type=positive_float, default=None, help="dance to the first S seconds of the music only")
     parser.add_argument("--force", action="store_true", help="redo every stage, even those already done")
     parser.add_argument("--stages", nargs="+", choices=STAGE_NAMES, default=None, help="run only these stages (default: all)")
 

@@ -21,6 +21,8 @@ upstream ran since), which is how `e3d2 pipeline` notices an edited recipe.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -28,12 +30,13 @@ import logging
 import os
 import sys
 import time
+import typing
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, NoReturn, TypeVar
 
 import yaml
 
-from e3d2_hf.utils import E3D2Error, atomic_file
+from e3d2_hf.utils import E3D2Error, atomic_file, finite_float, run_lock
 
 ConfigT = TypeVar("ConfigT")
 
@@ -156,18 +159,26 @@ def parse_recipe(config_cls: type[ConfigT], section: str, argv: list[str] | None
         raise E3D2Error(f"{recipe_path}: unknown key '{unknown[0]}' in section '{section}' ({config_cls.__name__} has no such field)")
     run_dir = _overridden_run_dir(overrides) or values.get("run_dir") or run_dir_of(recipe)
     run_dir = Path(run_dir)
+    where = {name: f"section '{section}', key '{name}'" for name in values}
     implied = {"run_dir": str(run_dir), "output_dir": str(run_dir / section), "seed": recipe.get("seed")}
     for name, value in implied.items():
         if name in field_names and name not in values and value is not None:
             values[name] = value
+            where[name] = f"top-level key '{name}'"
     from transformers import HfArgumentParser  # imported on use: `e3d2 --help` loads no torch
 
     parser = HfArgumentParser(config_cls)
+    actions = _field_actions(parser)
+
+    def override_error(message: str) -> NoReturn:  # argparse's `error` would print the whole usage and exit
+        raise E3D2Error(f"{recipe_path}: command-line override: {message}")
+
+    parser.error = override_error  # type: ignore[method-assign]
+    hints = _type_hints(config_cls)
+    values = {name: _checked_value(actions.get(name), hints.get(name), value, f"{recipe_path}: {where[name]}") for name, value in values.items()}
     parser.set_defaults(**values)
     try:
         (config,) = parser.parse_args_into_dataclasses(args=overrides, look_for_args_file=False)
-    except SystemExit as exc:  # argparse already printed which value it rejected
-        raise E3D2Error(f"{recipe_path}: bad command-line override in {overrides}") from exc
     except ValueError as exc:  # flags that name no field
         raise E3D2Error(f"{recipe_path}: unknown command-line override ({exc})") from exc
     return config
@@ -219,6 +230,58 @@ def recipe_help(config_cls: type, section: str) -> str:
         if entries:
             lines += ["", f"{title}:", *entries]
     return "\n".join(lines)
+def _field_actions(parser: Any) -> dict[str, Any]:
+    """Each field's argparse action, its float types replaced by the finite-number check (recipe values and flags alike)."""
+    actions = {}
+    for action in parser._actions:
+        if f"--{action.dest}" in action.option_strings:
+            if action.type is float:
+                action.type = finite_float
+            actions[action.dest] = action
+    return actions
+
+
+def _type_hints(config_cls: type) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(config_cls)
+    except Exception:  # a hint that does not resolve: values are still converted by argparse's types
+        return {}
+
+
+def _checked_value(action: Any, hint: Any, value: Any, where: str) -> Any:
+    """A recipe value converted as its command-line flag would be; `E3D2Error` naming `where` when it does not fit.
+
+    argparse converts only string defaults, so a YAML number, list or null would otherwise reach
+    the dataclass unchecked (3.5 in an int field, `.nan` in a float one).
+    """
+    if action is None or action.type is None:
+        return value
+    admits = {typing.get_origin(kind) or kind for kind in (hint, *typing.get_args(hint))} if hint is not None else None
+    if value is None:
+        if admits is not None and type(None) not in admits:
+            raise E3D2Error(f"{where}: needs a value, got null")
+        return value
+    if action.nargs in ("+", "*"):
+        if not isinstance(value, list):
+            raise E3D2Error(f"{where}: needs a list, got {value!r}")
+        return [_converted(action, item, where) for item in value]
+    if isinstance(value, (list, dict)):
+        if admits is not None and not admits & {list, dict}:
+            raise E3D2Error(f"{where}: needs a single value, got {value!r}")
+        return value
+    return _converted(action, value, where)
+
+
+def _converted(action: Any, value: Any, where: str) -> Any:
+    try:
+        converted = action.type(value if isinstance(value, (str, bool)) else str(value))
+    except argparse.ArgumentTypeError as exc:
+        raise E3D2Error(f"{where}: {exc}") from None
+    except (TypeError, ValueError):
+        raise E3D2Error(f"{where}: {value!r} is not a valid {getattr(action.type, '__name__', 'value')}") from None
+    if action.choices is not None and converted not in action.choices:
+        raise E3D2Error(f"{where}: {value!r} is not one of {', '.join(map(str, action.choices))}")
+    return converted
 
 
 def _overridden_run_dir(overrides: list[str]) -> str | None:
@@ -284,14 +347,19 @@ def stage_change(config: Any, section: str, run_dir: str | os.PathLike) -> str |
 
 
 def run_stage(section: str, config_cls: type[ConfigT], stage: Callable[[ConfigT], Any], argv: list[str] | None = None) -> int:
-    """What every `scripts/<stage>.py` does: parse the recipe's section, run the stage, record it, report user errors in one line."""
+    """What every `scripts/<stage>.py` does: parse the recipe's section, run the stage holding the run folder's
+    lock (`run_lock`: one writer per run folder), record it, report user errors in one line."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         config = parse_recipe(config_cls, section, argv)
-        stage(config)
-        if int(os.environ.get("RANK", "0") or 0) == 0 and hasattr(config, "run_dir"):  # once, on the main process
-            record_stage(config, section, config.run_dir)
+        with run_lock(config.run_dir) if hasattr(config, "run_dir") else contextlib.nullcontext():
+            stage(config)
+            if int(os.environ.get("RANK", "0") or 0) == 0 and hasattr(config, "run_dir"):  # once, on the main process
+                record_stage(config, section, config.run_dir)
     except E3D2Error as exc:
         print(f"{section}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"{section}: interrupted", file=sys.stderr)
+        return 130
     return 0

@@ -1,4 +1,4 @@
-"""Shared by the tests: one torch thread per module, and builders (dance-like joints, a prepared dataset on disk, a tiny VQ-VAE).
+"""Shared by the tests: one torch thread per module, builders (dance-like joints, a prepared dataset on disk, a tiny VQ-VAE), the one-line error check.
 
 Imported by the test modules as `from conftest import ...` (pytest puts this folder on sys.path).
 """
@@ -31,6 +31,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def one_error_line(stderr: str, prefix: str) -> str:
+    """The one line a failed command prints (asserted: one line, starting with `prefix`, no traceback).
+
+    Progress bars of what ran before the error and log records are not the error, and are left out.
+    """
+    lines = [line for line in stderr.splitlines() if line.strip() and "%|" not in line and not line.startswith(("INFO ", "WARNING "))]
+    assert len(lines) == 1 and lines[0].startswith(prefix) and "Traceback" not in stderr, stderr
+    return lines[0]
 
 
 def dance_like_joints(frames: int, seed: int) -> np.ndarray:

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from transformers import AutoModelForCausalLM
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, Trainer
 
 import e3d2_hf  # noqa: F401  (registers the policy with AutoModelForCausalLM)
 from e3d2_hf.data.music import BEAT_COLUMN
@@ -209,10 +210,23 @@ def test_training_resumes_and_refuses_changed_settings(tmp_path, monkeypatch):
         patch.setattr(bc, "next_code_accuracy", crash)
         bc.train_bc(config)
     work = run_dir / ".bc.training"
-    checkpoints = sorted(path.name for path in work.glob("checkpoint-*"))
-    assert checkpoints and not (run_dir / "bc").exists()
+    checkpoints = sorted((path.name for path in work.glob("checkpoint-*")), key=lambda name: int(name.split("-")[-1]))
+    assert len(checkpoints) == 2 and not (run_dir / "bc").exists()
     with pytest.raises(E3D2Error, match="policy.hidden_size"):
         bc.train_bc(tiny_config(run_dir, hidden_size=16, num_train_epochs=2))
+    # the optimiser's settings too: its restored state would silently keep the old learning rate
+    with pytest.raises(E3D2Error, match="other settings \\(learning_rate 0.003 -> 0.01\\) is there; rerun with --resume false"):
+        bc.train_bc(tiny_config(run_dir, learning_rate=1e-2, num_train_epochs=2))
+    with pytest.raises(E3D2Error, match="at epoch 2, past num_train_epochs 1"):  # Trainer would stop there silently
+        bc.train_bc(tiny_config(run_dir, num_train_epochs=1))
+    manifest = run_dir / "data" / "manifest.json"
+    original = manifest.read_text()
+    manifest.write_text('{"source": {"kind": "prepared again"}}')
+    with pytest.raises(E3D2Error, match="other settings \\(data '[0-9a-f]+' -> '[0-9a-f]+'\\)"):
+        bc.train_bc(tiny_config(run_dir, num_train_epochs=2))
+    manifest.write_text(original)
+    newest = work / checkpoints[-1] / "model.safetensors"
+    newest.write_bytes(newest.read_bytes()[:100])  # unreadable: the previous checkpoint is resumed instead
 
     resumed_from = []
     train = bc.BCTrainer.train
@@ -224,8 +238,30 @@ def test_training_resumes_and_refuses_changed_settings(tmp_path, monkeypatch):
     with monkeypatch.context() as patch:
         patch.setattr(bc.BCTrainer, "train", recording_train)
         bc.train_bc(config)
-    assert resumed_from == [str(work / checkpoints[-1])]
+    assert resumed_from == [str(work / checkpoints[0])]
     assert (run_dir / "bc" / "model.safetensors").is_file() and not work.exists()
+
+
+def test_a_non_finite_gradient_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    """A loss that stays finite while its gradient is NaN (0 * inf) got past a loss check; the Trainer would save NaN weights."""
+    run_dir = write_run(tmp_path / "run")
+    forward, calls = E3D2PolicyModel.forward, []
+
+    def nan_gradient_forward(self, *args, **kwargs):
+        output = forward(self, *args, **kwargs)
+        if self.training:
+            calls.append(1)
+            if len(calls) > 2:
+                output.loss.register_hook(lambda gradient: gradient * float("nan"))
+        return output
+
+    monkeypatch.setattr(E3D2PolicyModel, "forward", nan_gradient_forward)
+    with pytest.raises(E3D2Error, match="bc: non-finite gradient at step 3 .*last good checkpoint is .*checkpoint-2"):
+        bc.train_bc(tiny_config(run_dir, save_strategy="steps", save_steps=1))
+    work = run_dir / ".bc.training"
+    assert sorted(path.name for path in work.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    assert all(torch.isfinite(tensor).all() for tensor in load_file(str(work / "checkpoint-2" / "model.safetensors")).values())
+    assert not (run_dir / "bc").exists()
 
 
 def test_bad_input_is_refused_clearly(tmp_path, tiny_run, monkeypatch):
@@ -265,7 +301,7 @@ def test_bad_input_is_refused_clearly(tmp_path, tiny_run, monkeypatch):
             output.loss = output.loss * float("nan")
         return output
 
-    with monkeypatch.context() as patch, pytest.raises(E3D2Error, match="non-finite loss at step 0"):
+    with monkeypatch.context() as patch, pytest.raises(E3D2Error, match="non-finite loss at step 1 .*no checkpoint was written yet"):
         patch.setattr(E3D2PolicyModel, "forward", diverging_forward)
         bc.train_bc(tiny_config(tiny_run, output_dir=str(tmp_path / "nan_bc")))
     assert not (tmp_path / "nan_bc").exists()
@@ -293,3 +329,22 @@ def test_the_pose_code_cache_key_ignores_where_the_vqvae_was_loaded_from(tmp_pat
     with torch.no_grad():
         second.root_velocity_decoder.layers[-1].bias.add_(1.0)
     assert pose_codes.vqvae_fingerprint(second) != pose_codes.vqvae_fingerprint(first)
+
+
+def test_a_checkpoint_that_cannot_be_written_is_named_and_removed(tmp_path, monkeypatch):
+    """A full disk half-way through a Trainer checkpoint: torch's writer raises a RuntimeError from deep inside."""
+    run_dir = write_run(tmp_path / "run")
+    save, saves = Trainer._save_optimizer_and_scheduler, []
+
+    def disk_full_at_the_second(self, output_dir):
+        saves.append(output_dir)
+        if len(saves) == 2:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file data/0: file write failed")
+        return save(self, output_dir)
+
+    monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", disk_full_at_the_second)
+    work = run_dir / ".bc.training"
+    with pytest.raises(E3D2Error, match=f"^{work / 'checkpoint-2'}: cannot write the checkpoint \\(RuntimeError: .*file write failed\\); the earlier ones are kept$"):
+        bc.train_bc(tiny_config(run_dir, save_strategy="steps", save_steps=1))
+    assert sorted(path.name for path in work.glob("checkpoint-*")) == ["checkpoint-1"] and bc.last_checkpoint(tiny_config(run_dir, output_dir=str(work)))
+    assert not (run_dir / "bc").exists()

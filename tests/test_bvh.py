@@ -221,7 +221,7 @@ def test_unwritable_folder_and_failed_write_leave_no_partial_file(tmp_path, monk
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(os, "replace", refuse)
-    with pytest.raises(E3D2Error, match=r"dance\.bvh: cannot write BVH file \(Permission denied\)"):
+    with pytest.raises(E3D2Error, match=r"dance\.bvh: cannot write \(Permission denied\)"):
         save_bvh(target, fk_dance(frames=3))
     assert target.read_text() == "previous"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["dance.bvh", "file"]

@@ -1,24 +1,27 @@
 """`e3d2 dance`: a policy folder + any music file -> npz, BVH and a video with the music."""
 
+import errno
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import imageio_ffmpeg
 import numpy as np
 import pytest
 import soundfile
+import torch
 from PIL import Image
 
 from e3d2_hf.cli import main
-from e3d2_hf.inference import Dance, dance, generate_dances, model_labels, standing_start_pose
+from e3d2_hf.inference import Dance, dance, generate_dances, model_labels, music_to_joints, standing_start_pose
 from e3d2_hf.models.modeling_policy import E3D2PolicyModel
 from e3d2_hf.render.bvh import bvh_to_joints
 from e3d2_hf.render.smpl import load_smpl
 from e3d2_hf.utils import E3D2Error
 
-from conftest import tiny_dancing_policy
+from conftest import one_error_line, tiny_dancing_policy
 
 SHARED_MUSIC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "music"
 TRUMPET = SHARED_MUSIC / "sorohanro_-_solo-trumpet-06.ogg"
@@ -214,4 +217,142 @@ def test_bad_inputs_fail_in_one_line(policy_dir, song, tmp_path, capsys):
     assert files_in(out) == []
     out = tmp_path / "a_file"  # the output "folder" is a file: nothing can be written
     out.write_text("")
-    assert "a_file: cannot create the output folder" in fails(policy_dir, song)
+    assert "a_file: is a file, not a folder" in fails(policy_dir, song)
+
+
+# ----------------------------------------------------------------------------------------------
+# Faults: one line naming the file and the problem, nothing written, nothing earlier lost
+# ----------------------------------------------------------------------------------------------
+def exit_code(argv: list[str]) -> int:
+    """`e3d2 ARGV`'s exit status, whether `main` returns it or argparse exits with it."""
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return exc.code
+
+
+def one_line_error(capsys) -> str:
+    return one_error_line(capsys.readouterr().err, "e3d2 dance: error: ") + "\n"
+
+
+@pytest.mark.parametrize(
+    "options,problem",
+    [
+        (["--seconds", "inf"], "argument --seconds: must be a finite number, got 'inf'"),
+        (["--seconds", "nan"], "argument --seconds: must be a finite number, got 'nan'"),
+        (["--seconds", "0"], "argument --seconds: must be positive, got '0'"),
+        (["--temperature", "nan"], "argument --temperature: must be a finite number, got 'nan'"),
+        (["--temperature", "inf"], "argument --temperature: must be a finite number, got 'inf'"),
+        (["--top-k", "0"], "top_k must be at least 1, got 0"),
+        (["--num-dances", "0"], "num_dances must be at least 1, got 0"),
+    ],
+)
+def test_numbers_that_are_not_finite_and_positive_are_refused(policy_dir, song, tmp_path, capsys, options, problem):
+    out = tmp_path / "o"
+    assert exit_code(["dance", "--model", str(policy_dir), "--music", str(song), "--out", str(out), *options]) == 2
+    assert problem in one_line_error(capsys) and not out.exists()
+
+
+def test_the_library_checks_the_same_numbers(policy_dir, song):
+    for settings, problem in [({"seconds": float("nan")}, "seconds must be a finite"), ({"temperature": float("nan")}, "temperature must be a finite")]:
+        with pytest.raises(E3D2Error, match=problem):
+            generate_dances(policy_dir, song, **settings)
+    with pytest.raises(E3D2Error, match="temperature must be a finite"):
+        music_to_joints(tiny_dancing_policy(), np.zeros((4, 438), np.float32), first_codes=(0, 0), do_sample=True, temperature=float("inf"))
+
+
+def cut_in_half(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("weights", ["model.safetensors", "vqvae/model.safetensors"])
+def test_a_truncated_weights_file_is_named(policy_dir, song, tmp_path, capsys, weights):
+    broken = tmp_path / "policy"
+    shutil.copytree(policy_dir, broken)
+    cut_in_half(broken / weights)
+    assert main(["dance", "--model", str(broken), "--music", str(song), "--out", str(tmp_path / "o")]) == 2
+    assert f"{broken / weights}: unreadable weights file (SafetensorError" in one_line_error(capsys)
+    assert not (tmp_path / "o").exists()
+
+
+def test_weights_trained_into_nan_are_refused_by_name(song, tmp_path, capsys):
+    policy = tiny_dancing_policy()
+    with torch.no_grad():
+        policy.upper_head.weight[0, 0] = float("nan")
+    policy.save_pretrained(tmp_path / "nan")
+    assert main(["dance", "--model", str(tmp_path / "nan"), "--music", str(song), "--out", str(tmp_path / "o")]) == 2
+    assert f"{tmp_path / 'nan' / 'model.safetensors'}: 1 tensor(s) hold NaN or infinite values (upper_head.weight)" in one_line_error(capsys)
+
+
+def test_a_reward_model_or_a_broken_config_is_not_a_policy(song, tmp_path, capsys):
+    from e3d2_hf.models.configuration_reward import RewardModelConfig
+    from e3d2_hf.models.modeling_reward import E3D2RewardModel
+
+    reward = tmp_path / "reward"
+    E3D2RewardModel(RewardModelConfig(codebook_size=32, hidden_size=16, num_attention_heads=2)).save_pretrained(reward)
+    assert main(["dance", "--model", str(reward), "--music", str(song)]) == 2
+    err = one_line_error(capsys)
+    assert err == f"e3d2 dance: error: {reward}: this is a reward model, not an E3D2 policy\n"  # once ~3,000 characters of class names
+    (reward / "config.json").write_text("{oops")
+    assert main(["dance", "--model", str(reward), "--music", str(song)]) == 2
+    assert f"{reward / 'config.json'}: unreadable model config (JSONDecodeError" in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("content,problem", [(b"hello\n", "not a .npy or .npz file of joints"), (b"PK\x03\x04 cut short", "cannot read a start pose (BadZipFile")])
+def test_a_start_pose_that_is_not_an_array_is_refused_without_unsafe_advice(policy_dir, song, tmp_path, capsys, content, problem):
+    pose = tmp_path / "x.npy"
+    pose.write_bytes(content)
+    out = tmp_path / "dances"
+    assert main(["dance", "--model", str(policy_dir), "--music", str(song), "--out", str(out), "--start-pose", str(pose)]) == 2
+    err = one_line_error(capsys)
+    assert f"{pose}: {problem}" in err and "pickle" not in err and "unsafe" not in err
+    assert not out.exists()  # a failed dance leaves no empty --out folder behind
+
+
+def test_a_folder_as_music_is_called_a_folder(policy_dir, tmp_path, capsys):
+    assert main(["dance", "--model", str(policy_dir), "--music", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert f"{tmp_path}: is a folder, not a file" in one_line_error(capsys)
+
+
+def test_a_full_disk_names_the_output_folder_and_keeps_the_earlier_dance(policy_dir, song, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "song.npz").write_bytes(b"an earlier run")
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", disk_full)
+    assert main(["dance", "--model", str(policy_dir), "--music", str(song), "--out", str(out), "--seconds", "1"]) == 2
+    err = one_line_error(capsys)
+    assert f"{out}/song.npz: cannot write (No space left on device)" in err and ".e3d2-dance-" not in err
+    assert files_in(out) == ["song.npz"] and (out / "song.npz").read_bytes() == b"an earlier run"
+
+
+@pytest.mark.parametrize("cache", ["read-only", "full", "wrong shape"])
+def test_the_music_cache_is_optional(policy_dir, song, tmp_path, monkeypatch, caplog, cache):
+    """Features are computed all the same when the cache cannot be used: a read-only $HOME, a full disk, a bad entry."""
+    folder = tmp_path / "cache"
+    if cache == "read-only":
+        folder.write_text("")  # no folder can be made here, as in a read-only home
+    elif cache == "full":
+        monkeypatch.setattr(np, "save", lambda *args, **kwargs: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
+    else:
+        dance(policy_dir, song, seconds=1.0)
+        for entry in (folder / "music_features").glob("*.npy"):
+            np.save(entry, np.zeros((3, 5), np.float32))
+    result = dance(policy_dir, song, seconds=1.0)
+    assert result.joints.shape == (60, 24, 3) and np.isfinite(result.joints).all()
+    if cache == "wrong shape":  # computed again and stored again
+        assert [np.load(entry).shape[1] for entry in (folder / "music_features").glob("*.npy")] == [438]
+    else:
+        assert "without" in caplog.text
+
+
+def test_one_line_and_no_traceback_from_the_command(policy_dir, song, tmp_path):
+    """The console script end to end: argparse's own errors are one line too."""
+    command = [sys.executable, "-m", "e3d2_hf.cli", "dance", "--model", str(policy_dir), "--music", str(song), "--seconds", "nan"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert "argument --seconds: must be a finite number, got 'nan'" in result.stderr

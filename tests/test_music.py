@@ -106,3 +106,13 @@ def test_unsupported_rate_and_missing_file(tmp_path):
         music.music_features(tmp_path / "x.wav", fps=30)
     with pytest.raises(E3D2Error, match="no such audio file"):
         music.music_features(tmp_path / "missing.wav")
+
+
+def test_cache_key_names_the_librosa_version_and_a_folder_is_not_audio(tmp_path):
+    import librosa
+
+    music.music_features(click_track(tmp_path / "a.wav", bpm=100, seconds=2), fps=7.5)
+    (entry,) = (tmp_path / "cache" / "music_features").glob("*.npy")
+    assert entry.name.endswith(f"-7.5fps-v{music.FEATURE_VERSION}-librosa{librosa.__version__}.npy")  # new librosa, new features
+    with pytest.raises(E3D2Error, match="is a folder, not a file"):
+        music.music_features(tmp_path)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib
 import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,8 @@ from e3d2_hf.data.synthetic import GENRES, SAMPLE_RATE, compose_music
 from e3d2_hf.trainers.bc import BCTrainingConfig
 from e3d2_hf.recipe import STAGE_FOLDERS, STAGE_RECORD, parse_recipe, run_stage
 from e3d2_hf.utils import E3D2Error
+
+from conftest import one_error_line
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -112,7 +117,36 @@ def test_bad_requests_are_refused(fake_stages, tmp_path):
         pipeline.run_pipeline(str(recipe), stages=["prepare", "train"])
     with pytest.raises(E3D2Error, match="no such music file"):
         pipeline.run_pipeline(str(recipe), music=str(tmp_path / "missing.mp3"))
+    with pytest.raises(E3D2Error, match=f"{tmp_path}: is a folder, not a file"):
+        pipeline.run_pipeline(str(recipe), music=str(tmp_path))
     assert calls == []
+
+
+HOLDER = "import sys, time; from e3d2_hf.utils import run_lock\nwith run_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)\n"
+
+
+def test_a_second_writer_of_the_run_folder_is_refused_until_the_first_is_gone(fake_stages, tmp_path, capsys):
+    recipe, calls = fake_stages
+    run_dir = tmp_path / "runs" / "toy"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        assert main(["pipeline", str(recipe), "--stages", "prepare"]) == 2
+        error = one_error_line(capsys.readouterr().err, "e3d2 pipeline: error: ")
+        assert f"{run_dir}: process {holder.pid} on " in error and "is writing this run folder" in error
+        assert calls == []
+    finally:
+        holder.send_signal(signal.SIGKILL)  # killed: the kernel drops its lock, nothing stays stuck
+        holder.wait()
+    assert main(["pipeline", str(recipe), "--stages", "prepare"]) == 0 and [name for name, _ in calls] == ["prepare"]
+
+
+def test_a_bad_number_is_one_line(fake_stages, capsys):
+    recipe, calls = fake_stages
+    with pytest.raises(SystemExit) as exit_status:
+        main(["pipeline", str(recipe), "--seconds", "nan"])
+    assert exit_status.value.code == 2 and calls == []
+    assert "argument --seconds: must be a finite number, got 'nan'" in one_error_line(capsys.readouterr().err, "e3d2 pipeline: error: ")
 
 
 def test_default_music_ships_in_a_wheel():

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -34,7 +36,7 @@ from e3d2_hf.trainers.ppo_config import PPOConfig
 from e3d2_hf.trainers.ppo_trainer import PPOTrainer
 from e3d2_hf.utils import E3D2Error
 
-from conftest import dance_like_joints, write_prepared
+from conftest import dance_like_joints, one_error_line, write_prepared
 
 ROOT = Path(__file__).resolve().parents[1]
 CODEBOOK = 16
@@ -172,6 +174,66 @@ def test_resume_after_a_kill_reaches_the_same_weights(tmp_path, monkeypatch):
         assert torch.equal(weights[name], tensor), name
     steps = [json.loads(line)["step"] for line in (tmp_path / "killed" / "ppo" / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
+
+
+def checkpoint_bytes(output_dir: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(output_dir)): path.read_bytes() for path in sorted((output_dir / "checkpoints").rglob("*")) if path.is_file()}
+
+
+def test_resume_with_changed_settings_is_refused_unless_accepted_then_recorded(tmp_path, caplog):
+    toy_trainer(tmp_path, max_steps=2, save_steps=1).train()
+    out = tmp_path / "ppo"
+    before = checkpoint_bytes(out)
+    changed = dict(max_steps=4, save_steps=1, resume=True, learning_rate=1e-2, kl_beta=0.1)
+    with pytest.raises(E3D2Error, match="checkpoint-000002: made with other settings \\(kl_beta 0.005 -> 0.1, learning_rate 0.001 -> 0.01\\); .*--resume_with_changes true"):
+        toy_trainer(tmp_path, **changed).train()
+    assert checkpoint_bytes(out) == before  # nothing earlier lost or rewritten
+
+    trainer = toy_trainer(tmp_path, **changed, resume_with_changes=True)
+    summary = trainer.train()
+    assert trainer.optimizer.param_groups[0]["lr"] == 1e-2 and summary["kl_beta_final"] == 0.1  # applied, not only recorded
+    assert summary["config_changes"] == [{"step": 3, "changes": {"kl_beta": {"from": 0.005, "to": 0.1}, "learning_rate": {"from": 0.001, "to": 0.01}}}]
+    assert json.loads((out / "summary.json").read_text())["config_changes"] == summary["config_changes"]
+    assert "with changed settings, in effect from step 3: kl_beta 0.005 -> 0.1, learning_rate 0.001 -> 0.01" in caplog.text
+    assert json.loads((out / "checkpoints" / "checkpoint-000004" / "training_config.json").read_text())["learning_rate"] == 1e-2
+
+    # a checkpoint past max_steps once finished silently as the longer run
+    with pytest.raises(E3D2Error, match="checkpoint-000004: the run is at step 4, past max_steps 3; pass --max_steps 4 or more"):
+        toy_trainer(tmp_path, **{**changed, "max_steps": 3}).train()
+    # the run folder moved: paths inside it are compared relative to it
+    shutil.copytree(tmp_path / "ppo", tmp_path / "moved" / "ppo")
+    toy_trainer(tmp_path / "moved", **{**changed, "max_steps": 5}).train()
+
+
+def test_an_unreadable_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
+    toy_trainer(tmp_path / "straight", max_steps=3, save_steps=1).train()
+    expected = load_file(str(tmp_path / "straight" / "ppo" / "checkpoints" / "checkpoint-000003" / "model.safetensors"))
+
+    out = tmp_path / "killed" / "ppo"
+    toy_trainer(tmp_path / "killed", max_steps=2, save_steps=1).train()
+    newest = out / "checkpoints" / "checkpoint-000002" / "model.safetensors"
+    newest.write_bytes(newest.read_bytes()[:1000])  # a disk error, a copy cut short
+    with open(out / "log.jsonl", "a") as log:
+        log.write('{"step": 3, "los')  # killed while appending
+    (out / "checkpoints" / "checkpoint-foo").mkdir()  # a stray folder is no checkpoint
+    (out / "checkpoints" / "checkpoint-foo" / "trainer_state.json").write_text("{}")
+    host = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    leftover = out / "checkpoints" / f".checkpoint-000003.tmp-{host}-{process.pid}-abcd"  # killed while writing it
+    leftover.mkdir()
+
+    toy_trainer(tmp_path / "killed", max_steps=3, save_steps=1, resume=True).train()
+    assert f"{newest}: unreadable weights file (SafetensorError" in caplog.text and "resuming from the previous checkpoint, checkpoint-000001" in caplog.text
+    weights = load_file(str(out / "checkpoints" / "checkpoint-000003" / "model.safetensors"))
+    assert all(torch.equal(weights[name], tensor) for name, tensor in expected.items())  # as if never stopped
+    assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert not leftover.exists()
+
+    for folder in (out / "checkpoints").glob("checkpoint-00000*"):
+        (folder / "optimizer.pt").write_bytes(b"PK\x03\x04 cut")
+    with pytest.raises(E3D2Error, match="no readable checkpoint in .*checkpoint-000003/optimizer.pt: unreadable checkpoint file"):
+        toy_trainer(tmp_path / "killed", max_steps=4, save_steps=1, resume=True).train()
 
 
 def test_non_finite_reward_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_path):
@@ -347,6 +409,21 @@ class UnreachableHub:
 
     def create_repo(self, *args, **kwargs):
         raise ConnectionError("network is unreachable")
+
+
+def test_the_script_refuses_a_changed_resume_in_one_line(tiny_run, tmp_path, capsys, monkeypatch):
+    """A run killed at step 2 once resumed with the beat reward and lr 1e-2 and labelled the whole run 'beat'."""
+    monkeypatch.setenv("E3D2_CACHE", str(tmp_path / "cache"))
+    run_dir = tmp_path / "tiny"
+    shutil.copytree(tiny_run, run_dir, ignore=shutil.ignore_patterns("ppo"))
+    recipe = str(write_recipe(run_dir, eval_steps=0, eval_metrics=False))
+    assert run_stage("ppo", PPOConfig, train_ppo, [recipe]) == 0
+    before = checkpoint_bytes(run_dir / "ppo")
+    capsys.readouterr()
+    assert run_stage("ppo", PPOConfig, train_ppo, [recipe, "--resume", "true", "--learning_rate", "1e-2", "--reward", "beat", "--max_steps", "4"]) == 2
+    err = one_error_line(capsys.readouterr().err, "ppo: error: ")
+    assert "checkpoint-000002: made with other settings (learning_rate 0.0003 -> 0.01, reward 'learned' -> 'beat')" in err
+    assert checkpoint_bytes(run_dir / "ppo") == before and json.loads((run_dir / "ppo" / "summary.json").read_text())["reward"] == "learned"
 
 
 def test_bad_input_is_refused_by_name(tiny_run, tmp_path):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 import pickle
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,8 @@ from e3d2_hf.cli import main
 from e3d2_hf.data import aistpp, music
 from e3d2_hf.data import prepare as build
 from e3d2_hf.utils import E3D2Error, file_sha256
+
+from conftest import one_error_line
 
 SAMPLE_RATE = 22050
 NAMES = {
@@ -186,3 +190,22 @@ def test_prepare_synthetic_default(tmp_path: Path) -> None:
     assert frames > 60 and row["music_features"].shape == (frames, 438)
     assert row["music_features_7p5"].shape == (math.ceil(frames / 8), 438) and row["genre"]
     assert np.isfinite(row["joints"]).all() and np.abs(row["music_features"][:, music.BEAT_COLUMN]).sum() > 0
+
+
+def test_a_read_only_out_is_one_error_line_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "aist"
+    write_aistpp(root)
+    out = tmp_path / "data"
+
+    def read_only(*args: object, **kwargs: object) -> str:
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / ".data.tmp-x"))
+
+    monkeypatch.setattr(tempfile, "mkdtemp", read_only)
+    assert main(["prepare", "--aistpp", str(root), "--out", str(out)]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("e3d2 prepare")]
+    assert lines == [f"e3d2 prepare: error: {out}: cannot write (Read-only file system)"]  # not the hidden staging folder
+    assert not out.exists()
+    out.write_text("my notes")  # once silently replaced by the dataset folder
+    assert main(["prepare", "--aistpp", str(root), "--out", str(out)]) == 2
+    assert one_error_line(capsys.readouterr().err, "e3d2 prepare: error: ") == f"e3d2 prepare: error: {out}: is a file, not a folder"
+    assert out.read_text() == "my notes"

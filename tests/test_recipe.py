@@ -1,4 +1,4 @@
-"""Recipes: sections become config dataclasses, overrides win, unknown keys are rejected."""
+"""Recipes: sections become config dataclasses, overrides win, unknown keys and bad values are rejected by name in one line."""
 
 import dataclasses
 import importlib
@@ -6,14 +6,14 @@ import os
 import re
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from e3d2_hf import pipeline
-from e3d2_hf.recipe import load_recipe, parse_recipe, run_dir_of
-from e3d2_hf.utils import E3D2Error
+from e3d2_hf.recipe import load_recipe, parse_recipe, run_dir_of, run_stage
+from e3d2_hf.utils import E3D2Error, run_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,6 +26,12 @@ class ToyStageConfig:
     learning_rate: float = 1.0
     epochs: int = 1
     use_ema: bool = False
+
+
+@dataclass
+class ListStageConfig(ToyStageConfig):
+    milestones: list[float] = field(default_factory=list)
+    warmup: float | None = None
 
 
 def write_recipe(tmp_path, text):
@@ -121,3 +127,53 @@ def test_every_command_line_option_has_help():
         (subparsers,) = [action for action in parser._actions if action.dest == "command"]
         for action in [*parser._actions, *subparsers.choices[command]._actions]:
             assert action.help, f"e3d2 {command}: {action.option_strings or action.dest} has no help text"
+
+
+@pytest.mark.parametrize(
+    "line,problem",
+    [
+        ('learning_rate: "fast"', "key 'learning_rate': must be a number, got 'fast'"),
+        ("learning_rate: .nan", "key 'learning_rate': must be a finite number, got 'nan'"),
+        ("learning_rate: .inf", "key 'learning_rate': must be a finite number, got 'inf'"),
+        ("learning_rate: [1, 2]", "key 'learning_rate': needs a single value, got \\[1, 2\\]"),
+        ("learning_rate: null", "key 'learning_rate': needs a value, got null"),
+        ("epochs: 3.5", "key 'epochs': 3.5 is not a valid int"),
+        ("use_ema: 3", "key 'use_ema': Truthy value expected"),
+        ("milestones: 4", "key 'milestones': needs a list, got 4"),
+        ("milestones: [2, .nan]", "key 'milestones': must be a finite number"),
+    ],
+)
+def test_bad_values_name_the_recipe_the_section_and_the_key(tmp_path, line, problem):
+    recipe = write_recipe(tmp_path, f"run_name: toy\ntoy:\n  {line}\n")
+    with pytest.raises(E3D2Error, match=f"^{recipe}: section 'toy', {problem}"):
+        parse_recipe(ListStageConfig, "toy", [recipe])
+
+
+def test_values_yaml_spells_differently_still_parse(tmp_path):
+    recipe = write_recipe(tmp_path, "run_name: toy\ntoy:\n  learning_rate: 1e-4\n  epochs: 2\n  use_ema: yes\n  milestones: [1, 2.5]\n  warmup: null\n")
+    config = parse_recipe(ListStageConfig, "toy", [recipe])
+    assert (config.learning_rate, config.epochs, config.use_ema, config.milestones, config.warmup) == (1e-4, 2, True, [1.0, 2.5], None)
+
+
+@pytest.mark.parametrize("flags", [["--learning_rate", "nan"], ["--learning_rate", "inf"], ["--epochs", "x"]])
+def test_bad_overrides_are_one_line(tmp_path, capsys, flags):
+    recipe = write_recipe(tmp_path, "run_name: toy\n")
+    with pytest.raises(E3D2Error, match=f"^{recipe}: command-line override: argument {flags[0]}"):
+        parse_recipe(ListStageConfig, "toy", [recipe, *flags])
+    assert capsys.readouterr().err == ""  # no usage printed
+
+
+def test_a_stage_script_reports_a_bad_recipe_value_in_one_line(tmp_path, capsys):
+    """`learning_rate: "fast"` once printed 38 lines of usage and blamed an empty list of overrides."""
+    recipe = write_recipe(tmp_path, f"run_name: toy\nruns_dir: {tmp_path}\ntoy:\n  learning_rate: fast\n")
+    assert run_stage("toy", ListStageConfig, lambda config: None, [recipe]) == 2
+    assert capsys.readouterr().err == f"toy: error: {recipe}: section 'toy', key 'learning_rate': must be a number, got 'fast'\n"
+    assert not (tmp_path / "toy").exists()
+
+
+def test_a_stage_holds_the_run_folder_lock(tmp_path, capsys):
+    recipe = write_recipe(tmp_path, f"run_name: toy\nruns_dir: {tmp_path}\n")
+    seen = []
+    with run_lock(tmp_path / "toy"):  # re-entrant in one process: the pipeline runs stages while holding it
+        assert run_stage("toy", ListStageConfig, lambda config: seen.append(config.run_dir), [recipe]) == 0
+    assert seen == [str(tmp_path / "toy")]

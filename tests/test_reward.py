@@ -21,8 +21,11 @@ from e3d2_hf.data.demonstrations import (
 )
 from e3d2_hf.models.configuration_reward import RewardModelConfig
 from e3d2_hf.models.modeling_reward import E3D2RewardModel
+from e3d2_hf.trainers import reward_model
 from e3d2_hf.trainers.reward_model import bradley_terry_loss
 from e3d2_hf.utils import E3D2Error
+
+from conftest import one_error_line
 
 ROOT = Path(__file__).resolve().parents[1]
 NOISE_LEVELS = (0.02, 0.5, 1.0)
@@ -282,4 +285,16 @@ def test_script_without_demonstrations_fails_cleanly(tmp_path, capsys):
     overrides = ["--run_dir", str(tmp_path), "--output_dir", str(tmp_path / "reward")]
     assert reward_script().main([str(ROOT / "recipes" / "tiny.yaml"), *overrides]) == 2
     assert "no demonstrations here" in capsys.readouterr().err
+    assert not (tmp_path / "reward").exists()
+
+
+def test_a_non_finite_loss_stops_training_and_writes_no_reward_model(tmp_path, demonstrations, capsys, monkeypatch):
+    """transformers' Trainer goes on after a NaN loss (and leaves it out of its logs); this stage stops at once."""
+    demonstrations.save_to_disk(str(tmp_path / "demos" / "demonstrations"))
+    monkeypatch.setattr(reward_model, "bradley_terry_loss", lambda chosen, rejected: (chosen - rejected).mean() * float("nan"))
+    overrides = ["--run_dir", str(tmp_path), "--output_dir", str(tmp_path / "reward"), "--codebook_size", str(TOY_CODES)]
+    overrides += ["--num_train_pairs", "64", "--num_eval_pairs", "16", "--num_train_epochs", "1", "--disable_tqdm", "true"]
+    assert reward_script().main([str(ROOT / "recipes" / "tiny.yaml"), *overrides]) == 2
+    error = one_error_line(capsys.readouterr().err, "reward: error: ")
+    assert error == "reward: error: reward: non-finite Bradley-Terry loss at step 1 (epoch 0.00); training stopped, no checkpoint was written yet"
     assert not (tmp_path / "reward").exists()

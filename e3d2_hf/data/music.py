@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from e3d2_hf.utils import E3D2Error, atomic_file, cache_dir, file_sha256
+from e3d2_hf.utils import E3D2Error, cache_dir, existing_file, file_sha256, read_cached_array, write_cached_array
 
 MUSIC_FEATURE_DIM = 438
 BEAT_COLUMN = 53
@@ -38,15 +38,19 @@ def sample_rate_for(fps: float) -> int:
     return sr
 
 
+def check_audio_path(path: Path) -> None:
+    """`E3D2Error` unless `path` is a non-empty file (a folder, a missing or an empty file named as such)."""
+    existing_file(path, "audio file")
+    if path.stat().st_size == 0:
+        raise E3D2Error(f"{path}: empty audio file")
+
+
 def load_audio(path: str | os.PathLike, sr: int) -> np.ndarray:
     """Decode any format librosa reads (wav, mp3, ogg, flac, ...) to mono float32 at `sr`."""
     import librosa
 
     path = Path(path)
-    if not path.is_file():
-        raise E3D2Error(f"{path}: no such audio file")
-    if path.stat().st_size == 0:
-        raise E3D2Error(f"{path}: empty audio file")
+    check_audio_path(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # audioread fallback notices
@@ -97,23 +101,29 @@ def _features(audio: np.ndarray, sr: int) -> np.ndarray:
 
 
 def music_features(path: str | os.PathLike, fps: float = 60.0, cache: bool = True) -> np.ndarray:
-    """`extract_music_features` of a file, cached on disk by the file's content, fps and version."""
+    """`extract_music_features` of a file, cached on disk by the file's content, fps, feature and librosa versions.
+
+    The cache is optional: a cache folder that cannot be written (read-only, full disk) only warns,
+    and an entry that is unreadable or of the wrong shape is computed again.
+    """
     sample_rate_for(fps)
+    path = Path(path)
+    check_audio_path(path)
     if not cache:
         return extract_music_features(path, fps)
-    path = Path(path)
-    if not path.is_file():
-        raise E3D2Error(f"{path}: no such audio file")
-    cached = cache_dir("music_features") / f"{file_sha256(path)}-{fps:g}fps-v{FEATURE_VERSION}.npy"
-    if cached.is_file():
-        try:
-            return np.load(cached, allow_pickle=False)
-        except (OSError, ValueError):
-            cached.unlink(missing_ok=True)  # a damaged cache entry is recomputed
-    features = extract_music_features(path, fps)
-    with atomic_file(cached) as handle:
-        np.save(handle, features, allow_pickle=False)
+    import librosa
+
+    folder = cache_dir("music_features")
+    cached = folder / f"{file_sha256(path)}-{fps:g}fps-v{FEATURE_VERSION}-librosa{librosa.__version__}.npy" if folder else None
+    features = read_cached_array(cached, _plausible_features)
+    if features is None:
+        features = extract_music_features(path, fps)
+        write_cached_array(cached, features)
     return features
+
+
+def _plausible_features(array: np.ndarray) -> bool:
+    return array.dtype == np.float32 and array.ndim == 2 and array.shape[0] > 0 and array.shape[1] == MUSIC_FEATURE_DIM and bool(np.isfinite(array).all())
 
 
 def music_beats(path: str | os.PathLike, fps: float = 60.0) -> np.ndarray:

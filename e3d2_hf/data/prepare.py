@@ -16,7 +16,7 @@ import json
 import logging
 import math
 import os
-import tempfile
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,13 +159,18 @@ def _build_split(rows: _SplitRows, arrow_cache: str) -> Any:
 
     try:
         return datasets.Dataset.from_generator(rows, features=dataset_features(), cache_dir=arrow_cache, split=rows.split)
-    except Exception:
+    except Exception as exc:
         if rows.rows == 0 and rows.skipped:
             first = rows.skipped[0]
             raise E3D2Error(
                 f"split '{rows.split}': none of its {len(rows.sequences)} sequences could be read "
                 f"(first: {first['reason']})"
             ) from None
+        cause = exc
+        while cause is not None and not isinstance(cause, (E3D2Error, OSError)):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None and cause is not exc:  # `datasets` wraps a full disk (OSError) in its own error
+            raise cause from exc
         raise
 
 
@@ -189,8 +194,13 @@ def _synthetic_source(synthetic_dir: Path, num_sequences: int, seed: int) -> Pat
     if num_sequences < 3:
         raise E3D2Error(f"--synthetic {num_sequences}: need at least 3 sequences (one per split)")
     logger.info("writing %d synthetic sequences (seed %d) in the AIST++ layout to %s", num_sequences, seed, synthetic_dir)
+    import soundfile
+
     with atomic_directory(synthetic_dir) as tmp:
-        generate_synthetic_aistpp(tmp, num_sequences, seed)
+        try:
+            generate_synthetic_aistpp(tmp, num_sequences, seed)
+        except soundfile.LibsndfileError as exc:  # how soundfile reports a full disk
+            raise E3D2Error(f"{synthetic_dir}: cannot write the synthetic music (libsndfile: {exc})") from exc
     return synthetic_dir
 
 
@@ -218,6 +228,8 @@ def prepare_dataset(
 
     started = time.perf_counter()
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():  # before minutes of work (a file is never replaced by the dataset)
+        raise E3D2Error(f"{out_dir}: is a file, not a folder")
     if (aistpp_dir is None) == (synthetic_sequences is None):
         raise E3D2Error("prepare: give exactly one source, an AIST++ folder or a number of synthetic sequences")
     if gender not in GENDERS:
@@ -246,10 +258,11 @@ def prepare_dataset(
         for split, sequences in split_sequences.items()
     }
     with atomic_directory(out_dir) as tmp, _only_our_progress_bars():
-        with tempfile.TemporaryDirectory(prefix=".e3d2-arrow-", dir=out_dir.parent) as arrow_cache:
-            dataset_dict = datasets.DatasetDict({split: _build_split(rows, arrow_cache) for split, rows in split_rows.items()})
-            dataset_dict.save_to_disk(str(tmp))
-            del dataset_dict  # release the memory-mapped cache files before the folder goes
+        arrow_cache = tmp / ".arrow-cache"  # inside the staging folder: whatever happens, it goes with it
+        dataset_dict = datasets.DatasetDict({split: _build_split(rows, str(arrow_cache)) for split, rows in split_rows.items()})
+        dataset_dict.save_to_disk(str(tmp))
+        del dataset_dict  # release the memory-mapped cache files before the folder goes
+        shutil.rmtree(arrow_cache)
         manifest = _manifest(source, split_rows, gender, smpl_model_dir, time.perf_counter() - started)
         with atomic_file(tmp / MANIFEST_NAME, "w") as handle:
             json.dump(manifest, handle, indent=2)

@@ -29,7 +29,7 @@ from e3d2_hf.metrics.protocol import (
     load_dance_folder,
 )
 from e3d2_hf.metrics.scores import PFC_SCALE, MetricWarning
-from e3d2_hf.utils import E3D2Error, atomic_file
+from e3d2_hf.utils import E3D2Error, atomic_file, numpy_file_kind
 
 
 def load_prepared_dances(folder: str | Path, with_beats: bool = False) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
@@ -81,10 +81,13 @@ def _beats_from_folder(folder: Path, names: list[str]) -> dict[str, np.ndarray]:
     beats = {}
     for name in names:
         path = folder / f"{name}.npy"
+        if numpy_file_kind(path) != "npy":
+            raise E3D2Error(f"{path}: not an .npy beat track")
         try:
             beats[name] = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as exc:
-            raise E3D2Error(f"{path}: not a readable .npy beat track ({exc})") from exc
+            reason = "it holds Python objects, not numbers" if "pickle" in str(exc) else exc
+            raise E3D2Error(f"{path}: not a readable .npy beat track ({reason})") from exc
     return beats
 
 

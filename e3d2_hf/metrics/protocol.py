@@ -45,7 +45,7 @@ from e3d2_hf.metrics.scores import (
     normalise_by_ground_truth,
     physical_foot_contact,
 )
-from e3d2_hf.utils import E3D2Error, array_sha256, atomic_file, cache_dir, safe_load_pickle
+from e3d2_hf.utils import E3D2Error, array_sha256, cache_dir, numpy_file_kind, read_cached_array, safe_load_pickle, write_cached_array
 
 logger = logging.getLogger(__name__)
 
@@ -131,19 +131,10 @@ def _features_of(clips: Sequence[np.ndarray], corrected: bool, cache: bool, desc
     rows = []
     for clip in tqdm(clips, desc=description, unit="clip", disable=None, leave=False):
         path = folder / f"{array_sha256(clip)}-{suffix}.npy" if folder is not None else None
-        row = None
-        if path is not None and path.is_file():
-            try:
-                row = np.load(path, allow_pickle=False)
-            except (OSError, ValueError):
-                row = None  # unreadable cache entry: recompute and overwrite
-            if row is not None and row.shape != (KINETIC_FEATURE_DIM + MANUAL_FEATURE_DIM,):
-                row = None
-        if row is None:
+        row = read_cached_array(path, lambda cached: cached.shape == (KINETIC_FEATURE_DIM + MANUAL_FEATURE_DIM,))
+        if row is None:  # not cached yet, or an unreadable entry: computed and stored again
             row = np.concatenate([kinetic_features(clip, corrected=corrected), manual_features(clip, corrected=corrected)])
-            if path is not None:
-                with atomic_file(path) as handle:
-                    np.save(handle, row)
+            write_cached_array(path, row)
         rows.append(row)
     table = np.stack(rows).astype(np.float32)
     return DanceFeatures(table[:, :KINETIC_FEATURE_DIM], table[:, KINETIC_FEATURE_DIM:], corrected)
@@ -337,6 +328,8 @@ def _z_up_to_y_up(joints: np.ndarray) -> np.ndarray:
 
 def _load_npy_payload(path: Path) -> object:
     """An .npy file: a plain array, or a pickled object array (Bailando's `np.save` of a dict) read safely."""
+    if numpy_file_kind(path) != "npy":
+        raise E3D2Error(f"{path}: not an .npy file")
     try:
         return np.load(path, allow_pickle=False)
     except ValueError as exc:

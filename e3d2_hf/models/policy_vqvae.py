@@ -12,6 +12,7 @@ the VQ-VAE, as `<subfolder>/<vqvae_path>` of the same repository and revision.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from e3d2_hf.utils import E3D2Error, atomic_directory
@@ -69,13 +70,17 @@ class CarriesVQVAE:
             raise E3D2Error("policy has no VQ-VAE: attach one with attach_vqvae() or load the policy from a folder that has one")
         source, options = location
         from e3d2_hf.models.modeling_vqvae import E3D2VQVAE
+        from e3d2_hf.models.weights import load_pretrained, short_reason
 
-        expected = f"{source.rstrip('/')}/{options['subfolder']}" + (f" at revision {options['revision']}" if "revision" in options else "")
-        try:
-            vqvae = E3D2VQVAE.from_pretrained(source, **options)
-        except OSError as exc:  # transformers' "does not appear to have a file named config.json", or not in the Hub cache
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise E3D2Error(f"policy at {source} has no VQ-VAE (expected {expected}): {reason}") from exc
+        local = Path(source) / options["subfolder"]
+        if local.is_dir():  # a folder on disk: every check of the one weights loader
+            vqvae = load_pretrained(E3D2VQVAE, local)
+        else:
+            expected = f"{source.rstrip('/')}/{options['subfolder']}" + (f" at revision {options['revision']}" if "revision" in options else "")
+            try:
+                vqvae = E3D2VQVAE.from_pretrained(source, **options)
+            except Exception as exc:  # "does not appear to have a file named config.json", not in the Hub cache, unreadable weights
+                raise E3D2Error(f"policy at {source} has no VQ-VAE (expected {expected}): {short_reason(exc)}") from exc
         self.attach_vqvae(vqvae.to(self.device).eval())
         return self._vqvae
 

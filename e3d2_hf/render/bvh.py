@@ -107,11 +107,8 @@ def save_bvh(
     lines = ["HIERARCHY", *_hierarchy_lines(0, offsets * BVH_UNITS_PER_METRE, 0)]
     lines += ["MOTION", f"Frames: {len(motion)}", f"Frame Time: {1.0 / fps:.10g}"]
     lines += [_format_numbers(frame) for frame in motion]
-    try:
-        with atomic_file(path, "w") as handle:
-            handle.write("\n".join(lines) + "\n")
-    except OSError as exc:
-        raise E3D2Error(f"{path}: cannot write BVH file ({exc.strerror or exc})") from exc
+    with atomic_file(path, "w") as handle:  # a write that fails is an E3D2Error naming `path`
+        handle.write("\n".join(lines) + "\n")
     return path
 
 

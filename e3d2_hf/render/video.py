@@ -15,7 +15,6 @@ blue, right red, centre grey), joints are dark dots, the head is a disc.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import os
@@ -33,7 +32,7 @@ from scipy.ndimage import gaussian_filter1d
 from tqdm.auto import tqdm
 
 from e3d2_hf.motion.skeleton import NUM_JOINTS, SMPL_JOINT_NAMES, SMPL_PARENTS
-from e3d2_hf.utils import E3D2Error, atomic_file
+from e3d2_hf.utils import E3D2Error, atomic_file, atomic_path, existing_file
 
 # Frame rate of the video per format when `render_fps` is None: the 60 fps motion sub-sampled to
 # 30 fps (smooth enough, half the work), and 20 fps for GIF to keep the files small.
@@ -270,9 +269,7 @@ def _follow(joints: np.ndarray, fps: float) -> np.ndarray:
 
 def _check_music(music_path: str | os.PathLike) -> Path:
     """Decode the first second with ffmpeg, so an unreadable file fails before minutes of rendering."""
-    music = Path(music_path)
-    if not music.is_file():
-        raise E3D2Error(f"{music}: no such music file")
+    music = existing_file(music_path, "music file")
     command = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-i", str(music), "-map", "0:a:0", "-t", "1", "-f", "null", "-"]
     result = subprocess.run(command, check=False, capture_output=True, timeout=120)
     if result.returncode != 0:
@@ -292,26 +289,6 @@ def _ffmpeg_reason(stderr: bytes) -> str:
 # --------------------------------------------------------------------------------------------
 # Encoding
 # --------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _temporary_sibling(path: Path) -> Iterator[Path]:
-    """A temporary file next to `path` (same suffix, so ffmpeg picks the same muxer), renamed over
-    `path` only when the block finishes."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{path.stem}.tmp-", suffix=path.suffix, dir=path.parent)
-    except OSError as exc:
-        raise E3D2Error(f"{path}: cannot write into {path.parent} ({exc.strerror or exc})") from exc
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        tmp.chmod(0o644)  # mkstemp makes it private; the result is an ordinary file
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
-
 def _gif_palette(path: Path) -> None:
     """ffmpeg's 256-colour GIF palette: each drawing colour faded to white (anti-aliased edges and
     the fading grid are such blends), so a fixed palette is exact and GIFs stream in constant memory."""
@@ -390,7 +367,7 @@ def render_video(
 
     rate = str(Fraction(render_fps).limit_denominator(1001))
     raw_input = ["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{size[0] * len(dances)}x{size[1]}", "-r", rate, "-i", "-"]
-    with _temporary_sibling(path) as tmp, tempfile.TemporaryDirectory() as scratch:
+    with atomic_path(path) as tmp, tempfile.TemporaryDirectory() as scratch:  # same suffix: ffmpeg picks the muxer
         command = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error"] + raw_input
         if suffix == ".mp4":
             if music is not None:
@@ -458,9 +435,6 @@ def save_still(
         time_s=frame_index / fps,
         centres=[_follow(joints, fps)[i] for joints, i in zip(dances, motion)],
     )
-    try:
-        with atomic_file(path) as handle:
-            Image.fromarray(frame).save(handle, format="PNG")
-    except OSError as exc:
-        raise E3D2Error(f"{path}: cannot write ({exc.strerror or exc})") from exc
+    with atomic_file(path) as handle:  # a write that fails is an E3D2Error naming `path`
+        Image.fromarray(frame).save(handle, format="PNG")
     return path

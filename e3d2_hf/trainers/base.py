@@ -16,6 +16,10 @@ run folder, and they work alike:
 - `push_to_hub` publishes that finished folder (`e3d2_hf.trainers.publishing`), never the work
   folder's checkpoints: the Trainer gets a copy of the arguments with it off (`trainer_arguments`),
   and a push that cannot work is refused before training (no token, offline, a bad repository id).
+- Safe to stop and resume: a work folder records the settings its checkpoints fit (a resume with
+  others is refused, naming them), an unreadable newest checkpoint is passed over for the previous
+  one, and a NaN or infinite loss or gradient stops training before the optimiser step
+  (`GuardedTrainer`), so the checkpoints written so far stay the last good ones.
 """
 
 from __future__ import annotations
@@ -24,19 +28,24 @@ import copy
 import json
 import logging
 import shutil
+import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from huggingface_hub import ModelCard
 from transformers import PreTrainedModel, Trainer, TrainingArguments
-from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType, get_last_checkpoint
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, IntervalStrategy, SaveStrategy, SchedulerType, get_last_checkpoint
 
+from e3d2_hf.data.prepare import MANIFEST_NAME
+from e3d2_hf.models.weights import check_safetensors, short_reason
 from e3d2_hf.recipe import RunLayout
 from e3d2_hf.trainers.publishing import check_can_upload, upload_folder_or_explain
-from e3d2_hf.utils import E3D2Error, atomic_directory, atomic_file
+from e3d2_hf.utils import E3D2Error, atomic_directory, atomic_file, file_sha256, non_finite_fields
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +84,9 @@ class StageTrainingArguments(TrainingArguments):
     def __post_init__(self):
         if self.output_dir is None:
             self.output_dir = str(getattr(RunLayout(self.run_dir), self.stage))
+        problems = non_finite_fields(self)
+        if problems:
+            raise E3D2Error(f"{self.stage}: " + "; ".join(problems))
         super().__post_init__()
         if self.push_to_hub:
             check_can_upload(self.hub_repo_id, self.stage)
@@ -129,22 +141,47 @@ class BailandoTrainingArguments(StageTrainingArguments):
         super().__post_init__()
 
 
-def prepare_work_dir(arguments: BailandoTrainingArguments, settings: dict[str, Any]) -> Path:
-    """The stage's work folder, emptied first unless resuming; refuses to resume one made with other `settings`.
+# The training settings a checkpoint's run depends on besides the model's (compared on resume, with the stage's own).
+RESUME_SETTINGS = (
+    "learning_rate",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_epsilon",
+    "weight_decay",
+    "max_grad_norm",
+    "optim",
+    "lr_scheduler_type",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "lr_decay_epochs",
+    "lr_decay_factor",
+    "seed",
+)
 
-    `settings` (JSON-able, flat) are what a checkpoint only fits: model sizes, windows, the VQ-VAE.
-    A new work folder records them. Call it on every process: the main one goes first.
+
+def prepare_work_dir(arguments: BailandoTrainingArguments, settings: dict[str, Any]) -> Path:
+    """The stage's work folder, emptied first unless resuming; refuses to resume one made with other settings.
+
+    `settings` (JSON-able, flat) are what a checkpoint only fits: model sizes, windows, the VQ-VAE;
+    the optimiser and schedule values of `RESUME_SETTINGS` and the prepared data's manifest are
+    added. A new work folder records them. Call it on every process: the main one goes first.
     """
+    manifest = Path(arguments.data_path) / MANIFEST_NAME
+    settings = {**settings, **{name: _plain(getattr(arguments, name)) for name in RESUME_SETTINGS}}
+    settings["data"] = file_sha256(manifest) if manifest.is_file() else None  # data prepared again: other data
     work_dir = arguments.work_dir
     record = work_dir / WORK_SETTINGS_FILE
     with arguments.main_process_first(desc=f"{arguments.stage} work folder"):
         if arguments.process_index == 0 and not arguments.resume:
             shutil.rmtree(work_dir, ignore_errors=True)
         if record.is_file():
-            found = json.loads(record.read_text())
-            changed = sorted(name for name in {**found, **settings} if found.get(name) != settings.get(name))
+            try:
+                found = json.loads(record.read_text())
+            except (OSError, ValueError) as exc:
+                raise E3D2Error(f"{record}: unreadable ({exc}); rerun with --resume false to start over") from exc
+            changed = [f"{name} {found[name]!r} -> {settings[name]!r}" for name in sorted(set(found) & set(settings)) if found[name] != settings[name]]
             if changed:
-                raise E3D2Error(f"{work_dir}: an interrupted run with other settings ({', '.join(changed)}) is there; rerun with --resume false")
+                raise E3D2Error(f"{work_dir}: an interrupted run with other settings ({', '.join(changed)}) is there; rerun with --resume false (or delete that folder) to start over")
         else:
             work_dir.mkdir(parents=True, exist_ok=True)
             with atomic_file(record, "w") as handle:
@@ -152,14 +189,67 @@ def prepare_work_dir(arguments: BailandoTrainingArguments, settings: dict[str, A
     return work_dir
 
 
+def _plain(value: Any) -> Any:
+    """A settings value as JSON keeps it (enums by their value)."""
+    return value.value if isinstance(value, Enum) else value
+
+
 def last_checkpoint(arguments: BailandoTrainingArguments) -> str | None:
-    """The newest checkpoint in `arguments.output_dir` to resume from, when `resume` is on and there is one."""
+    """The newest readable checkpoint in `arguments.output_dir` to resume from, when `resume` is on and there is one.
+
+    Unreadable newer ones are passed over with a warning; a checkpoint past `num_train_epochs` is
+    refused (the Trainer would end there silently, a shorter run than asked for).
+    """
     if not arguments.resume or not Path(arguments.output_dir).is_dir():
         return None
-    checkpoint = get_last_checkpoint(arguments.output_dir)
-    if checkpoint:
-        logger.info("%s: resuming from %s", arguments.stage, checkpoint)
-    return checkpoint
+    found = sorted(
+        (path for path in Path(arguments.output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*") if path.is_dir() and path.name.split("-")[-1].isdigit()),
+        key=lambda path: int(path.name.split("-")[-1]),
+    )
+    problems = []
+    for folder in reversed(found):
+        problem = unreadable_checkpoint(folder)
+        if problem:
+            problems.append(problem)
+            continue
+        for skipped in problems:
+            logger.warning("%s: %s; resuming from the previous checkpoint, %s", arguments.stage, skipped, folder.name)
+        epoch = json.loads((folder / TRAINER_STATE_NAME).read_text()).get("epoch") or 0
+        if arguments.max_steps <= 0 and epoch > arguments.num_train_epochs + 1e-9:
+            raise E3D2Error(
+                f"{folder}: the interrupted run is at epoch {epoch:g}, past num_train_epochs {arguments.num_train_epochs:g}; "
+                "ask for as many epochs or more to continue it, or rerun with --resume false to start over"
+            )
+        logger.info("%s: resuming from %s", arguments.stage, folder)
+        return str(folder)
+    if problems:
+        raise E3D2Error(f"{arguments.stage}: no readable checkpoint in {arguments.output_dir} (newest: {problems[0]}); rerun with --resume false to start over")
+    return None
+
+
+def unreadable_checkpoint(folder: Path) -> str | None:
+    """What makes a Trainer checkpoint folder unreadable (a file cut short or missing), or None when it reads whole."""
+    state = folder / TRAINER_STATE_NAME
+    try:
+        json.loads(state.read_text())
+    except (OSError, ValueError) as exc:
+        return f"{state}: unreadable ({getattr(exc, 'strerror', None) or exc})"
+    try:
+        for weights in folder.glob("*.safetensors"):
+            check_safetensors(weights)
+    except E3D2Error as exc:
+        return str(exc)
+    for archive in sorted([*folder.glob("*.pt"), *folder.glob("*.pth"), *folder.glob("*.bin")]):
+        try:  # torch.save writes zip archives: every member's CRC is checked
+            with zipfile.ZipFile(archive) as opened:
+                broken = opened.testzip()
+        except (OSError, zipfile.BadZipFile) as exc:
+            return f"{archive}: unreadable ({exc})"
+        if broken is not None:
+            return f"{archive}: corrupt member {broken}"
+    if not any(folder.glob("*.safetensors")):
+        return f"{folder}: no weights (model.safetensors is missing)"
+    return None
 
 
 def finish(
@@ -198,13 +288,48 @@ def finish(
     return final_dir
 
 
-class StepDecayTrainer(Trainer):
-    """`Trainer` with Bailando's step learning-rate decay and a guard against non-finite losses.
+class GuardedTrainer(Trainer):
+    """`Trainer` that stops with a clear error when a loss or a gradient is NaN or infinite, or a checkpoint cannot be written.
+
+    transformers' Trainer would go on (it even leaves NaN losses out of its logs) and save NaN
+    weights as the next checkpoint. Here the loss (`check_finite`, called by `compute_loss`) and,
+    after backward, every gradient are checked before the optimiser step, so the checkpoints
+    written so far stay the last good ones and the stage's folder is left as it was. A checkpoint
+    that fails half-way (a full disk) is removed, and the error names it.
+    """
+
+    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
+        try:
+            super()._save_checkpoint(model, trial)
+        except (OSError, RuntimeError) as exc:  # torch's writer reports a full disk as a RuntimeError
+            folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            if self.args.should_save:
+                shutil.rmtree(folder, ignore_errors=True)
+            raise E3D2Error(f"{folder}: cannot write the checkpoint ({short_reason(exc)}); the earlier ones are kept") from exc
+
+    def training_step(self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        gradients = [parameter.grad for parameter in model.parameters() if parameter.grad is not None]
+        if gradients and not bool(torch.stack([torch.isfinite(gradient).all() for gradient in gradients]).all()):
+            self._stop(f"{self.args.stage}: non-finite gradient")
+        return loss
+
+    def check_finite(self, loss: torch.Tensor, what: str) -> None:
+        """Stop with `E3D2Error` (naming the kept checkpoint) when `loss` is NaN or infinite."""
+        if not torch.isfinite(loss.detach()).all():
+            self._stop(what)
+
+    def _stop(self, what: str) -> None:
+        latest = get_last_checkpoint(self.args.output_dir) if Path(self.args.output_dir).is_dir() else None
+        kept = f"the last good checkpoint is {latest} (lower the learning rate and run again to resume)" if latest else "no checkpoint was written yet"
+        raise E3D2Error(f"{what} at step {self.state.global_step + 1} (epoch {self.state.epoch or 0:.2f}); training stopped, {kept}")
+
+
+class StepDecayTrainer(GuardedTrainer):
+    """`Trainer` with Bailando's step learning-rate decay (and `GuardedTrainer`'s guards).
 
     The scheduler is multiplied by `lr_decay_factor` at each of `lr_decay_epochs` (Bailando's
-    MultiStepLR, which `TrainingArguments` has no name for); a loss that is NaN or infinite stops
-    training with a clear error before the optimiser step, so the checkpoints written so far stay the
-    last good ones.
+    MultiStepLR, which `TrainingArguments` has no name for).
     """
 
     def __init__(self, *args: Any, lr_decay_epochs: list[int], lr_decay_factor: float, **kwargs: Any):
@@ -230,20 +355,13 @@ class StepDecayTrainer(Trainer):
             self._created_lr_scheduler = True
         return super().create_scheduler(num_training_steps, optimizer)
 
-    def check_finite(self, loss: torch.Tensor, what: str) -> None:
-        """Stop with `E3D2Error` (naming the kept checkpoints) when `loss` is NaN or infinite."""
-        if not torch.isfinite(loss.detach()).all():
-            raise E3D2Error(
-                f"{what} at step {self.state.global_step} (epoch {self.state.epoch or 0:.2f}); "
-                f"the checkpoints in {self.args.output_dir} are kept: lower the learning rate and run again to resume"
-            )
-
 
 __all__ = [
     "BAILANDO_CARD_KEYS",
     "BailandoTrainingArguments",
     "StageTrainingArguments",
     "StepDecayTrainer",
+    "GuardedTrainer",
     "finish",
     "last_checkpoint",
     "prepare_work_dir",

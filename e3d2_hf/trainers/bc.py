@@ -50,6 +50,7 @@ from e3d2_hf.data.windows import SequenceWindows
 from e3d2_hf.models.configuration_policy import PolicyConfig
 from e3d2_hf.models.modeling_policy import E3D2PolicyModel, dance_to_inputs
 from e3d2_hf.models.modeling_vqvae import E3D2VQVAE
+from e3d2_hf.models.weights import load_pretrained
 from e3d2_hf.recipe import RunLayout
 from e3d2_hf.trainers.base import BAILANDO_CARD_KEYS, BailandoTrainingArguments, StepDecayTrainer, finish, last_checkpoint, prepare_work_dir
 from e3d2_hf.trainers.model_card import CardTable, build_model_card, eval_results, recipe_values, training_data
@@ -160,10 +161,7 @@ def load_vqvae(path: str | Path, codebook_size: int) -> E3D2VQVAE:
     path = Path(path)
     if not (path / "config.json").is_file():
         raise E3D2Error(f"{path}: no VQ-VAE here (config.json missing); train stage 1a first (scripts/vqvae.py)")
-    try:
-        vqvae = E3D2VQVAE.from_pretrained(path)
-    except (OSError, ValueError, KeyError) as exc:
-        raise E3D2Error(f"{path}: cannot load the VQ-VAE ({type(exc).__name__}: {exc})") from exc
+    vqvae = load_pretrained(E3D2VQVAE, path)
     if vqvae.config.codebook_size != codebook_size:
         raise E3D2Error(
             f"{path}: the VQ-VAE has {vqvae.config.codebook_size} codes per body half, the policy's codebook_size is {codebook_size}"

@@ -5,17 +5,21 @@
         optimizer.pt          the optimizer's state
         rng_state.pt          the global torch / numpy / python (/ CUDA) RNG states
         trainer_state.json    everything else the loop needs to continue (step, beta, curves ...)
+        training_config.json  the config the run was made with (a resume compares it with its own)
 
 A checkpoint folder appears only once it is complete (`atomic_directory`), so a killed run never
 leaves a half-written one; a resumed run restores every RNG, so it draws the same numbers as one
-that was never stopped. The trainer decides when to save and what its state is; this module knows
+that was never stopped. A checkpoint that is unreadable all the same (a disk error, a copy cut
+short) is passed over, with a warning, for the newest one that reads. The trainer decides when to save and what its state is; this module knows
 the layout and how to write, find and read it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import random
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,15 +27,20 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from e3d2_hf.models.weights import check_finite_weights, read_safetensors, short_reason
 from e3d2_hf.utils import E3D2Error, atomic_directory, atomic_file
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 WEIGHTS_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 RNG_FILE = "rng_state.pt"
 STATE_FILE = "trainer_state.json"
+CONFIG_FILE = "training_config.json"
+_FOLDER_NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
 def capture_rng_states() -> dict[str, Any]:
@@ -66,8 +75,8 @@ def checkpoint_folder(output_dir: Path, step: int) -> Path:
 def checkpoint_folders(output_dir: Path) -> list[Path]:
     """The complete checkpoints under `output_dir`, oldest first."""
     folder = output_dir / CHECKPOINTS
-    found = [path for path in folder.glob("checkpoint-*") if (path / STATE_FILE).is_file()] if folder.is_dir() else []
-    return sorted(found, key=lambda path: int(path.name.split("-")[-1]))
+    found = [path for path in folder.glob("checkpoint-*") if _FOLDER_NAME.match(path.name) and (path / STATE_FILE).is_file()] if folder.is_dir() else []
+    return sorted(found, key=lambda path: int(_FOLDER_NAME.match(path.name)[1]))
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
@@ -76,14 +85,22 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
 
 
 def save_checkpoint(
-    output_dir: Path, step: int, weights: dict[str, torch.Tensor], optimizer_state: dict[str, Any], trainer_state: dict[str, Any], keep: int
+    output_dir: Path,
+    step: int,
+    weights: dict[str, torch.Tensor],
+    optimizer_state: dict[str, Any],
+    trainer_state: dict[str, Any],
+    keep: int,
+    config: dict[str, Any] | None = None,
 ) -> Path:
-    """Write the checkpoint of `step` atomically (with the current RNG states), then delete all but the newest `keep`."""
+    """Write the checkpoint of `step` atomically (with the current RNG states and `config`), then delete all but the newest `keep`."""
     folder = checkpoint_folder(output_dir, step)
     with atomic_directory(folder) as tmp:
         save_file(weights, str(tmp / WEIGHTS_FILE))
         torch.save(optimizer_state, tmp / OPTIMIZER_FILE)
         torch.save(capture_rng_states(), tmp / RNG_FILE)
+        if config is not None:
+            (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=2) + "\n")
     for old in checkpoint_folders(output_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
@@ -94,29 +111,69 @@ def save_checkpoint(
 class Checkpoint:
     """The contents of one checkpoint folder, read back."""
 
+    folder: Path
     weights: dict[str, torch.Tensor]
     optimizer_state: dict[str, Any]
     rng_states: dict[str, Any]
     trainer_state: dict[str, Any]
+    config: dict[str, Any] | None  # None: written before checkpoints recorded their config
 
 
 def load_checkpoint(folder: Path, device: torch.device | str) -> Checkpoint:
-    """Every file of a checkpoint (weights and optimizer onto `device`); `E3D2Error` if one is unreadable."""
+    """Every file of a checkpoint (weights and optimizer onto `device`); `E3D2Error` naming the file that is unreadable."""
+    weights = read_safetensors(folder / WEIGHTS_FILE, device)
+    check_finite_weights(weights, folder / WEIGHTS_FILE)
+    config_file = folder / CONFIG_FILE
+    return Checkpoint(
+        folder=folder,
+        weights=weights,
+        optimizer_state=_read(folder / OPTIMIZER_FILE, lambda path: torch.load(path, map_location=device, weights_only=True)),
+        rng_states=_read(folder / RNG_FILE, lambda path: torch.load(path, weights_only=True)),
+        trainer_state=_read(folder / STATE_FILE, lambda path: json.loads(path.read_text())),
+        config=_read(config_file, lambda path: json.loads(path.read_text())) if config_file.is_file() else None,
+    )
+
+
+def _read(path: Path, reader: Any) -> Any:
     try:
-        return Checkpoint(
-            weights=load_file(str(folder / WEIGHTS_FILE), device=str(device)),
-            optimizer_state=torch.load(folder / OPTIMIZER_FILE, map_location=device, weights_only=True),
-            rng_states=torch.load(folder / RNG_FILE, weights_only=True),
-            trainer_state=json.loads((folder / STATE_FILE).read_text()),
-        )
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise E3D2Error(f"{folder}: unreadable checkpoint ({type(exc).__name__}: {exc})") from exc
+        return reader(path)
+    except Exception as exc:  # torch.load of a cut file: RuntimeError, EOFError, UnpicklingError ...
+        raise E3D2Error(f"{path}: unreadable checkpoint file ({short_reason(exc)})") from exc
+
+
+def load_latest_readable(output_dir: Path, device: torch.device | str) -> Checkpoint | None:
+    """The newest checkpoint that reads back whole; newer unreadable ones are passed over with a warning.
+
+    None when there is no checkpoint; `E3D2Error` when there are some but none reads.
+    """
+    found = checkpoint_folders(output_dir)
+    problems = []
+    for folder in reversed(found):
+        try:
+            checkpoint = load_checkpoint(folder, device)
+        except E3D2Error as exc:
+            problems.append(str(exc))
+            continue
+        for problem in problems:
+            logger.warning("%s; resuming from the previous checkpoint, %s", problem, folder.name)
+        return checkpoint
+    if problems:
+        raise E3D2Error(f"no readable checkpoint in {output_dir / CHECKPOINTS} (newest: {problems[0]}); pass --overwrite_output_dir true to start over")
+    return None
 
 
 def keep_log_until(log_file: Path, step: int) -> None:
-    """On resume: drop the lines of a JSON-lines log written after `step` (the resumed run writes them again)."""
+    """On resume: drop the lines of a JSON-lines log written after `step` (the resumed run writes them again),
+    and a last line a killed run left half-written."""
     if log_file.is_file():
-        kept = [line for line in log_file.read_text().splitlines() if json.loads(line)["step"] <= step]
+        kept = []
+        for line in log_file.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and record.get("step", 0) <= step:
+                kept.append(line)
         with atomic_file(log_file, "w") as handle:
             handle.write("".join(line + "\n" for line in kept))
 
@@ -136,6 +193,7 @@ __all__ = [
     "keep_log_until",
     "latest_checkpoint",
     "load_checkpoint",
+    "load_latest_readable",
     "remove_outputs",
     "restore_rng_states",
     "save_checkpoint",

@@ -46,7 +46,7 @@ from e3d2_hf.rl.seeding import seed_of
 from e3d2_hf.trainers.distributed import make_accelerator
 from e3d2_hf.trainers.loading import load_run_policy
 from e3d2_hf.trainers.pose_codes import load_or_encode_codes
-from e3d2_hf.utils import E3D2Error, atomic_directory, atomic_file
+from e3d2_hf.utils import E3D2Error, atomic_directory, atomic_file, non_finite_fields
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +99,7 @@ class DemosConfig:
             problems.append(f"temperature must be positive and top_k at least 1, got {self.temperature}, {self.top_k}")
         if not self.heldout_splits:
             problems.append("heldout_splits must name at least one prepared split (the unseen music)")
+        problems += non_finite_fields(self)
         if problems:
             raise E3D2Error("demos: " + "; ".join(problems))
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from e3d2_hf.models.modeling_policy import E3D2PolicyModel
+from e3d2_hf.models.weights import load_pretrained
 from e3d2_hf.utils import E3D2Error
 
 
@@ -19,10 +20,7 @@ def load_run_policy(path: str | Path) -> E3D2PolicyModel:
     path = Path(path)
     if not (path / "config.json").is_file():
         raise E3D2Error(f"{path}: no behaviour-cloning policy here (config.json missing); train stage 1 (scripts/bc.py) first")
-    try:
-        return E3D2PolicyModel.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        raise E3D2Error(f"{path}: cannot load the behaviour-cloning policy ({type(exc).__name__}: {exc})") from exc
+    return load_pretrained(E3D2PolicyModel, path)
 
 
 def load_run_reward_model(path: str | Path, required: bool) -> Any | None:
@@ -34,10 +32,7 @@ def load_run_reward_model(path: str | Path, required: bool) -> Any | None:
         if required:
             raise E3D2Error(f"{path}: no reward model here (config.json missing); train stage 3 (scripts/reward.py) first, or use --reward beat")
         return None
-    try:
-        return E3D2RewardModel.from_pretrained(path).eval()
-    except (OSError, ValueError) as exc:
-        raise E3D2Error(f"{path}: cannot load the reward model ({type(exc).__name__}: {exc})") from exc
+    return load_pretrained(E3D2RewardModel, path).eval()
 
 
 __all__ = ["load_run_policy", "load_run_reward_model"]

@@ -8,6 +8,7 @@ fills it from a recipe and the command line. Paths default to the run folder's (
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,20 @@ from typing import Any
 from e3d2_hf.recipe import RunLayout
 from e3d2_hf.rl.rewards import BAILANDO_BEAT_REWARD
 from e3d2_hf.trainers.publishing import check_can_upload
-from e3d2_hf.utils import E3D2Error
+from e3d2_hf.utils import E3D2Error, non_finite_fields
 
 REWARDS = ("learned", "beat")
 ADVANTAGE_ESTIMATORS = ("return", "gae")
+# Fields a resumed run may change freely: where things go, how often they are logged, saved and
+# evaluated, on which device. Every other field alters the run (max_steps is checked on its own).
+RESUME_NEUTRAL_FIELDS = frozenset(
+    {
+        "run_dir", "output_dir", "resume", "overwrite_output_dir", "resume_with_changes", "max_steps", "report_to", "logging_steps",
+        "save_steps", "save_total_limit", "push_to_hub", "hub_model_id", "use_cpu", "eval_steps", "eval_splits", "eval_seconds",
+        "eval_do_sample", "eval_metrics",
+    }
+)  # fmt: skip
+PATH_FIELDS = ("policy_path", "reward_model_path", "data_path")
 
 
 @dataclass
@@ -92,6 +103,10 @@ class PPOConfig:
     save_steps: int = field(default=10, metadata={"help": "Checkpoint every N PPO steps."})
     save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept (the newest)."})
     resume: bool = field(default=False, metadata={"help": "Continue from the newest checkpoint in <output_dir>/checkpoints."})
+    resume_with_changes: bool = field(
+        default=False,
+        metadata={"help": "Resume even though settings that alter the run differ from the checkpoint's; the changes are logged and kept in summary.json."},
+    )
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Start over, deleting earlier checkpoints and logs."})
     push_to_hub: bool = field(default=False, metadata={"help": "Upload the final policy (RUN/ppo/policy, with its VQ-VAE) to the Hub after training."})
     hub_model_id: str | None = field(default=None, metadata={"help": "Hub repository of push_to_hub (default: e3d2-<run name> in your namespace)."})
@@ -134,6 +149,7 @@ class PPOConfig:
             problems.append("gamma and gae_lambda must lie in [0, 1]; clip_ratio and max_grad_norm must be positive")
         if self.eval_steps < 0 or (self.eval_seconds is not None and self.eval_seconds <= 0):
             problems.append("eval_steps must not be negative and eval_seconds must be positive (or null)")
+        problems += non_finite_fields(self)
         if problems:
             raise E3D2Error("ppo: " + "; ".join(problems))
         if self.push_to_hub:
@@ -147,5 +163,28 @@ class PPOConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def changes_from(self, recorded: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+        """The fields that alter the run whose values differ from `recorded` (a checkpoint's config): name -> (then, now).
 
-__all__ = ["ADVANTAGE_ESTIMATORS", "REWARDS", "PPOConfig"]
+        Paths inside the run folder are compared relative to it, so a moved run folder resumes.
+        """
+        now = self.to_dict()
+        changes = {}
+        for name in sorted(set(now) & set(recorded) - RESUME_NEUTRAL_FIELDS):
+            then, current = recorded[name], now[name]
+            if name in PATH_FIELDS:
+                then, current = _within(then, recorded.get("run_dir")), _within(current, self.run_dir)
+            if then != current:
+                changes[name] = (recorded[name], now[name])
+        return changes
+
+
+def _within(path: str | None, run_dir: str | None) -> str | None:
+    """`path` relative to `run_dir` when it lies inside it, else as an absolute path."""
+    if path is None or run_dir is None:
+        return path
+    absolute, root = os.path.abspath(path), os.path.abspath(run_dir)
+    return os.path.relpath(absolute, root) if absolute == root or absolute.startswith(root + os.sep) else absolute
+
+
+__all__ = ["ADVANTAGE_ESTIMATORS", "PATH_FIELDS", "REWARDS", "RESUME_NEUTRAL_FIELDS", "PPOConfig"]

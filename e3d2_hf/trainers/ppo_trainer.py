@@ -48,6 +48,7 @@ from trl.trainer.utils import disable_dropout_in_model
 
 from e3d2_hf.models.modeling_policy import E3D2PolicyModel
 from e3d2_hf.models.value import PolicyWithValueHead, ValueHead
+from e3d2_hf.models.weights import short_reason
 from e3d2_hf.rl.environment import Episodes, MusicSegments
 from e3d2_hf.rl.ppo_formulas import (
     KLController,
@@ -87,6 +88,7 @@ class TrainerState:
     history: list[dict[str, float]] = field(default_factory=list)
     total_samples: int = 0
     train_seconds: float = 0.0
+    config_changes: list[dict[str, Any]] = field(default_factory=list)  # settings a resume changed, and from which step
 
 
 class PolicyEvaluator(Protocol):
@@ -206,9 +208,9 @@ class PPOTrainer:
             self.state.bc_evaluation = self.evaluate()
             if self.state.bc_evaluation is not None:
                 self.log({"eval": self.state.bc_evaluation}, step=0)
-            if config.reward_normalization:
-                self.normalization = self.fit_reward_normalization()
-                logger.info("reward normalisation on BC rollouts: shift %.4g, scale %.4g", self.normalization.shift, self.normalization.scale)
+        if config.reward_normalization and self.normalization is None:  # a new run, or a resume whose reward changed
+            self.normalization = self.fit_reward_normalization()
+            logger.info("reward normalisation on BC rollouts: shift %.4g, scale %.4g", self.normalization.shift, self.normalization.scale)
 
         for step in range(self.state.step, config.max_steps):
             stats = self.ppo_step(step)
@@ -490,6 +492,7 @@ class PPOTrainer:
             "reward_normalization": self.normalization.to_dict() if self.normalization else None,
             "held_out_pieces": len(self.evaluator) if self.evaluator is not None else 0,
             "evaluations": self.state.evaluations,
+            "config_changes": self.state.config_changes,
             "training_curve": self.state.history,
             "notes": {
                 "learned_return": "mean over held-out pieces of the reward model's return, steps 1..S-1 in 29-step windows",
@@ -504,9 +507,12 @@ class PPOTrainer:
         if self.accelerator.trackers:
             self.accelerator.log(numbers, step=step)
         if self.accelerator.is_main_process:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.output_dir / LOG_FILE, "a") as handle:
-                handle.write(json.dumps({"step": step, **record}) + "\n")
+            try:
+                self.output_dir.mkdir(parents=True, exist_ok=True)
+                with open(self.output_dir / LOG_FILE, "a") as handle:
+                    handle.write(json.dumps({"step": step, **record}) + "\n")
+            except OSError as exc:  # a full disk: a line cut short is dropped on resume (`keep_log_until`)
+                self._stop(f"{self.output_dir / LOG_FILE}: cannot write ({exc.strerror or exc})")
 
     # ------------------------------------------------------------------------------------------
     # Checkpoints and resume (`e3d2_hf.trainers.checkpoints`)
@@ -519,28 +525,64 @@ class PPOTrainer:
             self.state.reward_normalization = self.normalization.to_dict() if self.normalization else None
             weights = {name: tensor.detach().cpu().contiguous() for name, tensor in self.accelerator.unwrap_model(self.model).state_dict().items()}
             checkpoints.save_checkpoint(
-                self.output_dir, self.state.step, weights, self.optimizer.state_dict(), dataclasses.asdict(self.state), self.config.save_total_limit
-            )
+                self.output_dir, self.state.step, weights, self.optimizer.state_dict(), dataclasses.asdict(self.state), self.config.save_total_limit,
+                config=self.config.to_dict(),
+            )  # fmt: skip
         self.accelerator.wait_for_everyone()
         return checkpoints.checkpoint_folder(self.output_dir, self.state.step)
 
-    def load_checkpoint(self, folder: Path) -> None:
-        """Continue from `folder`: weights, optimizer, RNG, step, beta, normalisation, evaluations."""
-        checkpoint = checkpoints.load_checkpoint(folder, self.accelerator.device)
-        self.accelerator.unwrap_model(self.model).load_state_dict(checkpoint.weights)
-        self.optimizer.load_state_dict(checkpoint.optimizer_state)
+    def resume_from(self, checkpoint: checkpoints.Checkpoint) -> None:
+        """Continue from `checkpoint`: weights, optimizer, RNG, step, beta, normalisation, evaluations.
+
+        Refused when the checkpoint is past `max_steps`, or was made with settings that alter the run
+        and `resume_with_changes` does not accept them; accepted changes take effect from the next
+        step and are logged and recorded (`config_changes` in summary.json).
+        """
+        folder, config = checkpoint.folder, self.config
+        try:
+            state = TrainerState(**checkpoint.trainer_state)
+        except TypeError as exc:
+            raise E3D2Error(f"{folder / checkpoints.STATE_FILE}: not a PPO trainer state ({exc})") from exc
+        if state.step > config.max_steps:
+            raise E3D2Error(
+                f"{folder}: the run is at step {state.step}, past max_steps {config.max_steps}; pass --max_steps {state.step} "
+                "or more to continue it, or --overwrite_output_dir true to start over"
+            )
+        if checkpoint.config is None:
+            logger.warning("%s records no config: resuming without checking that the settings are the same", folder)
+        changes = config.changes_from(checkpoint.config or {})
+        described = ", ".join(f"{name} {then!r} -> {now!r}" for name, (then, now) in changes.items())
+        if changes and not config.resume_with_changes:
+            raise E3D2Error(
+                f"{folder}: made with other settings ({described}); resume with the checkpoint's settings, pass "
+                "--resume_with_changes true to accept the changes, or --overwrite_output_dir true to start over"
+            )
+        try:
+            self.accelerator.unwrap_model(self.model).load_state_dict(checkpoint.weights)
+            self.optimizer.load_state_dict(checkpoint.optimizer_state)
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise E3D2Error(f"{folder}: its weights or optimizer do not fit this run's model ({short_reason(exc)}); the model cannot change on resume") from exc
+        for group in self.optimizer.param_groups:  # the optimizer's state carries the old values
+            group["lr"], group["weight_decay"] = config.learning_rate, config.weight_decay
         checkpoints.restore_rng_states(checkpoint.rng_states)
-        self.state = TrainerState(**checkpoint.trainer_state)
-        self.kl_controller.value = self.state.kl_beta
-        self.normalization = RewardNormalization(**self.state.reward_normalization) if self.state.reward_normalization else None
+        self.state = state
+        self.kl_controller.value = config.kl_beta if "kl_beta" in changes else state.kl_beta
+        reward_changed = bool(changes.keys() & {"reward", "reward_model_path", "beat_reward", "orientation_weight", "normalization_segments"})
+        if state.reward_normalization and config.reward_normalization and not reward_changed:
+            self.normalization = RewardNormalization(**state.reward_normalization)
+        else:
+            self.normalization = None  # off now, or fitted again on the new reward by `train`
+        if changes:
+            logger.warning("resuming %s at step %d with changed settings, in effect from step %d: %s", folder, state.step, state.step + 1, described)
+            self.state.config_changes.append({"step": state.step + 1, "changes": {name: {"from": then, "to": now} for name, (then, now) in changes.items()}})
         logger.info("resumed from %s (step %d)", folder, self.state.step)
 
     def _prepare_output_dir(self) -> None:
-        """Resume from the newest checkpoint, or start clean (refusing to mix with an earlier run's files)."""
+        """Resume from the newest readable checkpoint, or start clean (refusing to mix with an earlier run's files)."""
         earlier = [self.output_dir / name for name in (checkpoints.CHECKPOINTS, LOG_FILE, SUMMARY_FILE, POLICY_FOLDER)]
-        latest = checkpoints.latest_checkpoint(self.output_dir)
-        if self.config.resume and latest is not None:
-            self.load_checkpoint(latest)
+        checkpoint = checkpoints.load_latest_readable(self.output_dir, self.accelerator.device) if self.config.resume else None
+        if checkpoint is not None:
+            self.resume_from(checkpoint)
             if self.accelerator.is_main_process:
                 checkpoints.keep_log_until(self.output_dir / LOG_FILE, self.state.step)
             return

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from huggingface_hub import ModelCard
 from tqdm.auto import tqdm
-from transformers import EvalPrediction, Trainer, set_seed
+from transformers import EvalPrediction, set_seed
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
 from e3d2_hf.data.demonstrations import (
@@ -49,7 +49,7 @@ from e3d2_hf.data.demonstrations import (
 from e3d2_hf.models.configuration_reward import RewardModelConfig
 from e3d2_hf.models.modeling_reward import E3D2RewardModel
 from e3d2_hf.recipe import RunLayout
-from e3d2_hf.trainers.base import StageTrainingArguments, finish
+from e3d2_hf.trainers.base import GuardedTrainer, StageTrainingArguments, finish
 from e3d2_hf.trainers.model_card import PREFERENCE_TASK, CardTable, build_model_card, eval_results, recipe_values, training_data
 from e3d2_hf.utils import E3D2Error, atomic_directory
 
@@ -164,8 +164,8 @@ def collate_pair_snippets(features: list[dict[str, np.ndarray]]) -> dict[str, to
     return {key: torch.from_numpy(np.stack([feature[key] for feature in features])) for key in features[0]}
 
 
-class RewardTrainer(Trainer):
-    """`Trainer` whose loss is Bradley-Terry on pairs and whose predictions are the pairs' returns.
+class RewardTrainer(GuardedTrainer):
+    """`Trainer` whose loss is Bradley-Terry on pairs and whose predictions are the pairs' returns (a NaN or inf stops it).
 
     Batches hold `chosen_*` and `rejected_*` snippets; both halves run through the model as one
     batch. Predictions are `(n, 2)` returns `[R(chosen), R(rejected)]` and labels are 0 ("the first
@@ -184,6 +184,7 @@ class RewardTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         returns = self.pair_returns(model, inputs)
         loss = bradley_terry_loss(returns[:, 0], returns[:, 1])
+        self.check_finite(loss, "reward: non-finite Bradley-Terry loss")
         return (loss, {"returns": returns}) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):

@@ -39,6 +39,7 @@ from transformers import set_seed
 from e3d2_hf.data.windows import SequenceWindows, split_columns
 from e3d2_hf.models.configuration_vqvae import VQVAEConfig
 from e3d2_hf.models.modeling_vqvae import E3D2VQVAE
+from e3d2_hf.models.weights import load_pretrained
 from e3d2_hf.motion.skeleton import NUM_JOINTS
 from e3d2_hf.trainers.base import BAILANDO_CARD_KEYS, BailandoTrainingArguments, StepDecayTrainer, finish, last_checkpoint, prepare_work_dir
 from e3d2_hf.trainers.model_card import RECONSTRUCTION_TASK, CardTable, build_model_card, eval_results, recipe_values, training_data
@@ -316,12 +317,13 @@ def train_vqvae(config: VQVAETrainingConfig) -> Path:
     root_windows = training_windows(sequences["train"], config.window, config.root_window_stride, source)
     model_config = config.model_config()
     is_main = config.process_index == 0
-    work_dir = prepare_work_dir(config, {name: getattr(model_config, name) for name in MODEL_FIELDS})
+    root_phase = {name: getattr(config, name) for name in ("window", "window_stride", "root_window_stride", "root_per_device_train_batch_size", "root_learning_rate")}
+    work_dir = prepare_work_dir(config, {**{name: getattr(model_config, name) for name in MODEL_FIELDS}, **root_phase})
 
     pose_model_dir = work_dir / "pose_model"
     if config.resume and (pose_model_dir / "config.json").is_file():
         logger.info("vqvae: pose phase already finished, loading %s", pose_model_dir)
-        model = E3D2VQVAE.from_pretrained(pose_model_dir)
+        model = load_pretrained(E3D2VQVAE, pose_model_dir)
     else:
         set_seed(config.seed)
         model = E3D2VQVAE(model_config)
