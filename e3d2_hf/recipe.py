@@ -354,7 +354,7 @@ def run_stage(section: str, config_cls: type[ConfigT], stage: Callable[[ConfigT]
         config = parse_recipe(config_cls, section, argv)
         with run_lock(config.run_dir) if hasattr(config, "run_dir") else contextlib.nullcontext():
             stage(config)
-            if int(os.environ.get("RANK", "0") or 0) == 0 and hasattr(config, "run_dir"):  # once, on the main process
+            if int(os.environ.get("RANK", "0") or 0) == 0 and hasattr(config, "run_dir") and section in STAGE_FOLDERS:  # once, on the main process
                 record_stage(config, section, config.run_dir)
     except E3D2Error as exc:
         print(f"{section}: error: {exc}", file=sys.stderr)
