@@ -95,10 +95,11 @@ def test_feet_on_the_floor_and_not_sliding(dances: list[dict]) -> None:
         assert lowest.min() >= synth.FLOOR_CLEARANCE - 1e-4  # never through the floor
         assert joints[:, :, 1].min() >= 0.0  # no joint at all below the floor
         grounded.append(np.abs(lowest - synth.FLOOR_CLEARANCE) < 0.005)
+        steady = gaussian_filter1d(joints, 2.0, axis=0)  # without the capture noise, which jitters planted feet too
         for foot in (10, 11):  # a foot on the floor stays where it is
             on_floor = joints[:, foot, 1] < synth.FLOOR_CLEARANCE + 0.005
             both = on_floor[1:] & on_floor[:-1]
-            planted_speed.append(np.linalg.norm(np.diff(joints[:, foot][:, [0, 2]], axis=0), axis=-1)[both] * synth.FPS)
+            planted_speed.append(np.linalg.norm(np.diff(steady[:, foot][:, [0, 2]], axis=0), axis=-1)[both] * synth.FPS)
     assert np.concatenate(grounded).mean() > 0.9  # off the floor only in the flight of jumps
     planted_speed = np.concatenate(planted_speed)
     assert np.median(planted_speed) < 0.01 and np.percentile(planted_speed, 95) < 0.3  # m/s
@@ -117,7 +118,7 @@ def test_joints_bend_the_human_way(dances: list[dict]) -> None:
         cosine = (thigh * shin).sum(-1) / np.linalg.norm(thigh, axis=-1) / np.linalg.norm(shin, axis=-1)
         assert np.degrees(np.arccos(np.clip(cosine, -1, 1))).max() < 135  # knee flexion
         head_above_pelvis = joints[:, 15, 1] - joints[:, 0, 1]
-        assert head_above_pelvis.min() > 0.35  # upright dancing: no falls
+        assert head_above_pelvis.min() > 0.0 and np.median(head_above_pelvis) > 0.5  # no falls; low only in breaking's drops
 
 
 def test_motion_beats_fall_on_the_music_beats(dances: list[dict]) -> None:
