@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,9 @@ from scipy.ndimage import gaussian_filter1d
 from e3d2_hf.data import aistpp, music
 from e3d2_hf.data import synthetic as synth
 from e3d2_hf.data.synthetic.keys import MIRROR_SIGN, MIRROR_SWAP
+from e3d2_hf.metrics import MetricWarning, constant_features, ground_truth_features
 from e3d2_hf.metrics.scores import beat_align_score, kinematic_beats
+from e3d2_hf.motion.capture import jitter
 from e3d2_hf.motion.skeleton import forward_kinematics
 
 NUM_SEQUENCES = 20
@@ -119,6 +122,20 @@ def test_joints_bend_the_human_way(dances: list[dict]) -> None:
         assert np.degrees(np.arccos(np.clip(cosine, -1, 1))).max() < 135  # knee flexion
         head_above_pelvis = joints[:, 15, 1] - joints[:, 0, 1]
         assert head_above_pelvis.min() > 0.0 and np.median(head_above_pelvis) > 0.5  # no falls; low only in breaking's drops
+
+
+def test_every_feature_varies_over_the_ground_truth(dances: list[dict]) -> None:
+    """Capture noise and fast torso moves: no kinetic or manual feature is the same on every dance, so
+    the protocol's normalisation by the ground truth's std never divides by 1e-10 (the warning stays silent)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MetricWarning)
+        features = ground_truth_features({row["sequence"].name: row["joints"] for row in dances}, cache=False)
+    assert constant_features(features) == []
+    assert (features.manual[:, [4, 5, 27, 28, 29, 30]] > 0).any(axis=0).all()  # once 0 on every synthetic dance
+
+
+def test_capture_jitter_is_the_measured_one(dances: list[dict]) -> None:
+    assert 0.8 * synth.CAPTURE_JITTER < jitter([row["joints"] for row in dances], synth.FPS) < 1.25 * synth.CAPTURE_JITTER
 
 
 def test_motion_beats_fall_on_the_music_beats(dances: list[dict]) -> None:

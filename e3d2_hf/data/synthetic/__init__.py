@@ -66,9 +66,10 @@ from e3d2_hf.data.synthetic.genres import GENRES, Genre
 from e3d2_hf.data.synthetic.keys import Dancer, make_dancer, neutral_pose
 from e3d2_hf.data.synthetic.moves import LOWER_MOVES, UPPER_MOVES
 from e3d2_hf.data.synthetic.music import SAMPLE_RATE, compose_music
-from e3d2_hf.data.synthetic.pose import FLOOR_CLEARANCE, FOOT_JOINTS
+from e3d2_hf.data.synthetic.pose import CAPTURE_JITTER, FLOOR_CLEARANCE, FOOT_JOINTS
 
 __all__ = [
+    "CAPTURE_JITTER",
     "FLOOR_CLEARANCE",
     "FOOT_JOINTS",
     "FPS",
