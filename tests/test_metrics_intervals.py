@@ -9,7 +9,7 @@ import pytest
 from scipy.spatial.distance import pdist
 
 from e3d2_hf.metrics import MetricWarning, evaluate_dances, frechet_distance
-from e3d2_hf.metrics.intervals import FrechetToReference, bootstrap_indices, bootstrap_interval, metric_intervals
+from e3d2_hf.metrics.intervals import FrechetToReference, bootstrap_indices, bootstrap_interval, metric_draws, metric_intervals, paired_interval
 from e3d2_hf.metrics.reference import random_dance
 
 
@@ -37,7 +37,7 @@ def test_div_intervals_are_those_of_the_recomputed_draws():
     rng = np.random.default_rng(2)
     candidates = {"k": rng.standard_normal((12, 5)), "g": rng.standard_normal((12, 3))}
     references = {"k": rng.standard_normal((30, 5)), "g": rng.standard_normal((30, 3))}
-    intervals = metric_intervals(candidates, references, None, resamples=300, seed=3)
+    intervals = metric_intervals(metric_draws(candidates, references, None, resamples=300, seed=3))
     draws = bootstrap_indices(12, 300, 3)
     recomputed = np.quantile([pdist(candidates["k"][rows]).mean() for rows in draws], [0.025, 0.975])
     np.testing.assert_allclose(intervals["Div_k"], recomputed, rtol=1e-12)
@@ -84,3 +84,22 @@ def test_identical_clips_have_intervals_of_zero_width():
         results = evaluate_dances(copies, _dances(8, 20), _beats(copies), intervals=200)
     assert results["ci95"]["Div_k"] == [0.0, 0.0] and results["ci95"]["Div_g"] == [0.0, 0.0]
     assert results["ci95"]["BAS"][1] - results["ci95"]["BAS"][0] < 0.2  # the clips differ only in their beats' phase
+
+
+def test_paired_intervals_cancel_what_the_pieces_share():
+    """Two sets scoring the same pieces, the second each first shifted (by 1 per feature) and jittered:
+    the paired FID difference excludes 0, the paired Div difference (the shift leaves distances alone)
+    is far narrower than either Div interval, and identical sets differ by exactly 0."""
+    rng = np.random.default_rng(9)
+    pieces = rng.standard_normal((40, 6)) * 2.0
+    references = {"k": rng.standard_normal((60, 6)) * 2.0}
+    first, second = {"k": pieces}, {"k": pieces + 1.0 + 0.05 * rng.standard_normal((40, 6))}
+    beats_first, beats_second = rng.uniform(0.2, 0.8, 40), None
+    draws_first = metric_draws(first, references, beats_first, resamples=500, seed=4)
+    draws_second = metric_draws(second, references, beats_first + 0.01, resamples=500, seed=4)
+    assert paired_interval(draws_first, draws_first)["FID_k"] == [0.0, 0.0]
+    paired = paired_interval(draws_second, draws_first)
+    assert 0.0 < paired["FID_k"][0] < paired["FID_k"][1]
+    assert paired["Div_k"][0] < 0.0 < paired["Div_k"][1] and np.diff(paired["Div_k"])[0] < 0.1 * np.diff(metric_intervals(draws_first)["Div_k"])[0]
+    assert paired_interval(draws_second, draws_first)["BAS"] == pytest.approx([0.01, 0.01])
+    assert paired_interval(metric_draws(second, references, beats_second, resamples=500, seed=4), draws_first)["BAS"] is None

@@ -68,6 +68,8 @@ def test_table_1_has_its_ceiling_floor_intervals_and_tables_3_and_5(tiny_run):
         assert set(table[row]["ci95"]) == {"FID_k", "FID_g", "Div_k", "Div_g", "BAS"}, row
         for key, (low, high) in table[row]["ci95"].items():
             assert np.isfinite(table[row][key]) and low <= high, (row, key)
+    assert all(set(table[row]["minus_bc_ci95"]) == set(table[row]["ci95"]) for row in ("ground_truth", "vqvae", "random"))
+    assert "minus_bc_ci95" not in table["bc"] and "draws" not in table["bc"]
     assert table["protocol"]["pieces"] == 6 and table["protocol"]["decoding"] == "greedy"
     assert table["protocol"]["intervals"]["resamples"] == 1000
     assert table["ground_truth"]["learned_return"] is None and np.isfinite(table["vqvae"]["learned_return"])
@@ -79,6 +81,7 @@ def test_table_1_has_its_ceiling_floor_intervals_and_tables_3_and_5(tiny_run):
     assert "| VQ-VAE (ceiling) |" in markdown and "| Random (floor) |" in markdown and "Table 3" in markdown and "Table 5" in markdown
     bc_line = next(line for line in markdown.splitlines() if line.startswith("| BC (Bailando) |"))
     assert bc_line.count(" [") == 5  # FID_k, FID_g, Div_k, Div_g, BAS with their intervals
+    assert "Paired with BC" in markdown and "| Random (floor) | [" in markdown
     assert "tiny/bc/diagnostics.json" in markdown and "tiny/reward/diagnostics.json and diagnostics.png" in markdown  # Table 4, Figure 6
 
 
@@ -146,11 +149,12 @@ def test_the_beat_row_appears_when_its_policy_exists(tiny_run, tmp_path):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", MetricWarning)
-            table = evaluate_run(_config(tiny_run, output_dir=str(tmp_path / "eval"), resamples=0, noise_level_demos=0, seen_unseen=False))
+            table = evaluate_run(_config(tiny_run, output_dir=str(tmp_path / "eval"), resamples=200, noise_level_demos=0, seen_unseen=False))
     finally:
         shutil.rmtree(tiny_run / "ppo_beat")
     assert table["beat"]["FID_k"] == pytest.approx(table["bc"]["FID_k"])  # the same policy, the same dances
-    assert "ci95" not in table["beat"] and table["noise_levels"] is None and "seen_unseen" not in table
+    assert all(interval == [0.0, 0.0] for interval in table["beat"]["minus_bc_ci95"].values())  # paired: exactly no difference
+    assert table["protocol"]["intervals"]["resamples"] == 200 and table["noise_levels"] is None and "seen_unseen" not in table
 
 
 def test_a_held_out_split_of_one_piece_is_refused_by_name(tmp_path):

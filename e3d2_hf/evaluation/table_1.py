@@ -15,8 +15,10 @@ Bailando's test does (`do_sample: true` samples instead, seeded). The rows:
 - random: the eps = 1 policy, every code uniformly random: the floor.
 
 Each row has FID_k, FID_g, Div_k, Div_g, BAS, PFC, the mean learned return when RUN/reward exists,
-and "ci95": the 95% percentile bootstrap interval over the held-out pieces (`resamples` draws,
-seeded; `e3d2_hf.metrics.intervals`) of FID_k, FID_g, Div_k, Div_g and BAS. metrics.json also holds
+"ci95": the 95% percentile bootstrap interval over the held-out pieces (`resamples` draws, seeded;
+`e3d2_hf.metrics.intervals`) of FID_k, FID_g, Div_k, Div_g and BAS, and "minus_bc_ci95": the
+interval of (row - BC) over the same draws of the same pieces, where the pieces' own variation
+cancels (an interval that excludes 0: a difference beyond the noise of which pieces were scored). metrics.json also holds
 "noise_levels" (paper Table 3) and "seen_unseen" (Table 5, `e3d2_hf.evaluation.tables_3_and_5`),
 the reward model's held-out pair accuracy, the protocol, the metrics' warnings and "versions".
 Table 4 (BC next-code accuracy) is RUN/bc/diagnostics.json and Figure 6 (the reward model's
@@ -35,7 +37,7 @@ from typing import Any
 
 from e3d2_hf.data.prepare import load_prepared
 from e3d2_hf.evaluation.tables_3_and_5 import noise_level_table, seen_unseen_table, training_music_evaluation
-from e3d2_hf.metrics.intervals import DEFAULT_LEVEL
+from e3d2_hf.metrics.intervals import DEFAULT_LEVEL, INTERVAL_METRICS, paired_interval
 from e3d2_hf.metrics.protocol import METRIC_KEYS
 from e3d2_hf.metrics.scores import MetricWarning
 from e3d2_hf.models.modeling_policy import E3D2PolicyModel
@@ -120,10 +122,25 @@ def policy_evaluation(
     return policy, evaluation, codes
 
 
-def _row(evaluation: HeldOutEvaluation, dances: HeldOutDances, what: str, config: EvalConfig) -> dict[str, Any]:
-    row = evaluation.scores(dances.clips, what, intervals=config.resamples)
-    row["learned_return"] = dances.learned_return
+def _row(evaluation: HeldOutEvaluation, clips: dict[str, Any], learned_return: float | None, what: str, config: EvalConfig) -> dict[str, Any]:
+    """One row: the metrics, their intervals, the learned return, and the bootstrap draws (popped before writing)."""
+    row = evaluation.scores(clips, what, intervals=config.resamples, keep_draws=True)
+    row["learned_return"] = learned_return
     return row
+
+
+def _dance_row(evaluation: HeldOutEvaluation, dances: HeldOutDances, what: str, config: EvalConfig) -> dict[str, Any]:
+    return _row(evaluation, dances.clips, dances.learned_return, what, config)
+
+
+def _paired_with_bc(rows: dict[str, dict[str, Any]]) -> None:
+    """Each row's "minus_bc_ci95": the interval of (row - BC) over the same draws of the same pieces; pops the draws."""
+    draws = {label: row.pop("draws", None) for label, row in rows.items()}
+    if draws.get("bc") is None:
+        return
+    for label, row in rows.items():
+        if label != "bc" and draws[label] is not None:
+            row["minus_bc_ci95"] = paired_interval(draws[label], draws["bc"])
 
 
 def _check_splits(data: Any, config: EvalConfig) -> None:
@@ -152,20 +169,20 @@ def evaluate_run(config: EvalConfig) -> dict[str, Any]:
 
     bc_policy, evaluation, codes = policy_evaluation(config.bc_path, config, data, ground_truth, reward)
     evaluations = [evaluation]
-    rows = {
-        "ground_truth": evaluation.scores(ground_truth.clips(evaluation.pieces), "ground truth", intervals=config.resamples),
-        "vqvae": _row(evaluation, evaluation.reconstruct(bc_policy.load_vqvae()), "VQ-VAE (the ground truth's codes)", config),
-        "bc": _row(evaluation, evaluation.dance(bc_policy), config.bc_path, config),
+    rows = {  # the reward model scores codes: the ground truth's learned return is the vqvae row's
+        "ground_truth": _row(evaluation, ground_truth.clips(evaluation.pieces), None, "ground truth", config),
+        "vqvae": _dance_row(evaluation, evaluation.reconstruct(bc_policy.load_vqvae()), "VQ-VAE (the ground truth's codes)", config),
+        "bc": _dance_row(evaluation, evaluation.dance(bc_policy), config.bc_path, config),
     }
-    rows["ground_truth"]["learned_return"] = None  # the reward model scores codes: see the vqvae row
     for label, path in (("e3d2", config.e3d2_path), ("beat", config.beat_path)):
         if (Path(path) / "config.json").is_file():
             policy, policy_evaluation_, _ = policy_evaluation(path, config, data, ground_truth, reward)
-            rows[label] = _row(policy_evaluation_, policy_evaluation_.dance(policy), path, config)
+            rows[label] = _dance_row(policy_evaluation_, policy_evaluation_.dance(policy), path, config)
             evaluations.append(policy_evaluation_)
         elif label == "e3d2":
             logger.warning("eval: no PPO policy at %s (run scripts/ppo.py); the table has no E3D2 row", path)
-    rows["random"] = _row(evaluation, evaluation.dance(bc_policy, noise_level=1.0), "random codes (eps = 1)", config)
+    rows["random"] = _dance_row(evaluation, evaluation.dance(bc_policy, noise_level=1.0), "random codes (eps = 1)", config)
+    _paired_with_bc(rows)
     table: dict[str, Any] = {label: rows[label] for label in ROW_LABELS if label in rows}
 
     seen = training_music_evaluation(config, bc_policy, codes, data, ground_truth, reward)
@@ -233,7 +250,8 @@ def format_table_1(table: dict[str, Any]) -> str:
         "",
         f"{protocol.get('pieces', '?')} held-out pieces ({per_split or ', '.join(protocol.get('splits', []))}), first "
         f"{protocol.get('eval_seconds')} s each, {protocol.get('decoding', '?')} decoding; [low, high]: 95% bootstrap interval "
-        f"over the pieces ({intervals.get('resamples', 0)} draws).",
+        f"over the pieces ({intervals.get('resamples', 0)} draws; a draw repeats pieces, which raises FID: its interval sits "
+        "above the number, wholly so where the FID is near 0).",
     ]
     accuracy = table.get("reward_model")
     if accuracy:
@@ -241,6 +259,14 @@ def format_table_1(table: dict[str, Any]) -> str:
             f"Reward model, held-out pair accuracy: seen music {_number(accuracy['pair_accuracy_seen'], 3)}, "
             f"unseen music {_number(accuracy['pair_accuracy_unseen'], 3)}."
         )
+    paired = [(label, table[key]["minus_bc_ci95"]) for key, label in ROW_LABELS.items() if "minus_bc_ci95" in table.get(key, {})]
+    if paired:
+        lines += ["", "Paired with BC (row - BC over the same draws of the same pieces; an interval without 0 is beyond their noise):", ""]
+        lines += ["| Method | " + " | ".join(f"{key} - BC" for key in INTERVAL_METRICS) + " |", "|---|" + "---:|" * len(INTERVAL_METRICS)]
+        for label, differences in paired:
+            cells = ["-" if differences.get(key) is None else "[" + ", ".join(f"{value:+.{DIGITS[key]}f}" for value in differences[key]) + "]"
+                     for key in INTERVAL_METRICS]  # fmt: skip
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
     if table.get("noise_levels"):
         lines += ["", "Table 3: demonstrations by noise level eps, on training music (RUN/demos, eval_seen)", ""]
         lines += _markdown_rows("eps", list(table["noise_levels"].items()))

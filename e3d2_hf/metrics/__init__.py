@@ -10,7 +10,7 @@ it as a Hugging Face `evaluate` module.
 from pathlib import Path
 
 from e3d2_hf.metrics.features import FEATURE_VERSION, MANUAL_FEATURES, kinetic_features, manual_features, motion_features
-from e3d2_hf.metrics.intervals import metric_intervals
+from e3d2_hf.metrics.intervals import metric_draws, metric_intervals, paired_interval
 from e3d2_hf.metrics.protocol import (
     ClipScores,
     DanceFeatures,
@@ -56,8 +56,10 @@ __all__ = [
     "load_dance_file",
     "load_dance_folder",
     "manual_features",
+    "metric_draws",
     "metric_intervals",
     "motion_features",
+    "paired_interval",
     "physical_foot_contact",
     "score_clips",
     "table_metrics",

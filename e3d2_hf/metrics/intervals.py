@@ -10,9 +10,14 @@ Each draw is scored exactly as the protocol scores all clips, with two faster an
 computations: tr sqrtm(S1 S2) = sum of sqrt(eigenvalues of R S1 R), R = S2^(1/2) computed once
 (the two agree with `scores.frechet_distance` to ~1e-8 relative), and Div from the clips' distance
 matrix computed once. A draw holding a clip twice has a zero distance between the copies, as
-recomputing Div on it would; so Div's interval sits slightly (about 1/N) below the point estimate,
-and FID's slightly above it (a draw has fewer distinct clips). Metrics a draw cannot give (BAS of
-clips without beats) are left out of that draw.
+recomputing Div on it would; so Div's interval sits slightly (about 1/N) below the point estimate.
+FID's sits above it: a draw holds only about 63 % distinct clips, and fewer distinct clips are
+farther from any reference. Where the FID itself is near 0 (the ground truth's own pieces, which
+are part of the reference), the whole interval can lie above it: read its width, not its place.
+BAS of clips without beats is left out of a draw, as of the point estimate.
+
+Two rows that score the same pieces (Table 1's) are drawn alike, clip for clip (the same seed), so
+`paired_interval` gives the interval of their difference, in which the pieces' own variation cancels.
 """
 
 from __future__ import annotations
@@ -79,40 +84,57 @@ class FrechetToReference:
         return np.concatenate(distances)
 
 
-def metric_intervals(
+INTERVAL_METRICS = ("FID_k", "FID_g", "Div_k", "Div_g", "BAS")
+
+
+def metric_draws(
     candidates: dict[str, np.ndarray],
     references: dict[str, np.ndarray],
     beat_align: np.ndarray | None,
     resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
-    level: float = DEFAULT_LEVEL,
-) -> dict[str, list[float] | None]:
-    """Intervals of FID_k, FID_g, Div_k, Div_g and BAS over the generated clips.
+) -> dict[str, np.ndarray | None]:
+    """FID_k, FID_g, Div_k, Div_g and BAS of each of `resamples` draws (seeded) of the generated clips.
 
     candidates / references: kind ("k", "g") -> the normalised (N, D) generated and (M, D) ground-truth
-    features; beat_align: (N,) per-clip BAS (NaN: clip left out) or None (no BAS interval).
+    features; beat_align: (N,) per-clip BAS (NaN: clip left out) or None (BAS: None). Two sets of N
+    clips drawn with the same seed are drawn alike, clip for clip: their draws pair up (`paired_interval`).
     """
     size = len(next(iter(candidates.values())))
     draws = bootstrap_indices(size, resamples, seed)
-    intervals: dict[str, list[float] | None] = {}
+    values: dict[str, np.ndarray | None] = {}
     with threadpool_limits(limits=1, user_api="blas"):  # thousands of 72 x 72 problems: threads only wait on each other
         for kind, features in candidates.items():
-            frechet = FrechetToReference(references[kind])
             distances = squareform(pdist(np.asarray(features, dtype=np.float64)))
-            pairs = size * (size - 1)
-            intervals[f"FID_{kind}"] = percentile_interval(frechet.of_draws(features, draws), level)
-            intervals[f"Div_{kind}"] = percentile_interval(np.array([distances[np.ix_(rows, rows)].sum() / pairs for rows in draws]), level)
+            values[f"FID_{kind}"] = FrechetToReference(references[kind]).of_draws(features, draws)
+            values[f"Div_{kind}"] = np.array([distances[np.ix_(rows, rows)].sum() for rows in draws]) / (size * (size - 1))
     if beat_align is None or np.isnan(beat_align).all():
-        intervals["BAS"] = None
+        values["BAS"] = None
     else:
-        with np.errstate(invalid="ignore"):
-            kept = ~np.isnan(beat_align[draws])
-            means = np.where(kept.any(axis=1), np.nansum(beat_align[draws], axis=1) / np.maximum(kept.sum(axis=1), 1), np.nan)
-        intervals["BAS"] = percentile_interval(means, level)
-    return {key: intervals[key] for key in ("FID_k", "FID_g", "Div_k", "Div_g", "BAS")}
+        drawn = beat_align[draws]
+        kept = ~np.isnan(drawn)
+        values["BAS"] = np.where(kept.any(axis=1), np.nansum(drawn, axis=1) / np.maximum(kept.sum(axis=1), 1), np.nan)
+    return {key: values[key] for key in INTERVAL_METRICS if key in values}
+
+
+def metric_intervals(draws: dict[str, np.ndarray | None], level: float = DEFAULT_LEVEL) -> dict[str, list[float] | None]:
+    """The percentile interval of each metric's draws (`metric_draws`)."""
+    return {key: None if values is None else percentile_interval(values, level) for key, values in draws.items()}
+
+
+def paired_interval(draws: dict[str, np.ndarray | None], baseline: dict[str, np.ndarray | None], level: float = DEFAULT_LEVEL) -> dict[str, list[float] | None]:
+    """The interval of (metric - baseline's metric) over paired draws: the same pieces, drawn alike for both.
+
+    Both sets score the same pieces, so most of what the pieces add to either cancels: an interval
+    that excludes 0 is a difference beyond the noise of which pieces were scored.
+    """
+    return {
+        key: None if values is None or baseline.get(key) is None else percentile_interval(values - baseline[key], level)
+        for key, values in draws.items()
+    }
 
 
 __all__ = [
     "DEFAULT_LEVEL", "DEFAULT_RESAMPLES", "FrechetToReference", "bootstrap_indices", "bootstrap_interval",
-    "metric_intervals", "percentile_interval",
+    "INTERVAL_METRICS", "metric_draws", "metric_intervals", "paired_interval", "percentile_interval",
 ]  # fmt: skip

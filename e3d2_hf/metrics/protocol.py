@@ -39,7 +39,7 @@ from e3d2_hf.metrics.features import (
     manual_features,
     validate_joints,
 )
-from e3d2_hf.metrics.intervals import metric_intervals
+from e3d2_hf.metrics.intervals import metric_draws, metric_intervals
 from e3d2_hf.metrics.scores import (
     BEAT_SMOOTHING_WINDOW,
     PFC_SCALE,
@@ -319,9 +319,12 @@ def _normalised(scores: ClipScores, reference: DanceFeatures) -> dict[str, tuple
     }
 
 
-def table_metrics(scores: ClipScores, reference: DanceFeatures, *, intervals: int = 0, seed: int = 0) -> dict[str, Any]:
+def table_metrics(
+    scores: ClipScores, reference: DanceFeatures, *, intervals: int = 0, seed: int = 0, keep_draws: bool = False
+) -> dict[str, Any]:
     """FID_k, FID_g, Div_k, Div_g, BAS, PFC (x 1e4) and Div_k_gt, Div_g_gt of scored clips against the
-    ground truth's features; with `intervals` > 0 also "ci95": that many bootstrap draws (seeded) per metric."""
+    ground truth's features; with `intervals` > 0 also "ci95" from that many bootstrap draws (seeded)
+    of the clips, and with `keep_draws` the draws' values themselves ("draws", for paired intervals)."""
     if scores.features.corrected != reference.corrected:
         raise E3D2Error(f"ground-truth features were computed with corrected={reference.corrected}, not {scores.features.corrected}")
     if len(reference) < 2:
@@ -350,7 +353,10 @@ def table_metrics(scores: ClipScores, reference: DanceFeatures, *, intervals: in
     if intervals > 0:
         candidates = {kind: pair[1] for kind, pair in normalised.items()}
         references = {kind: pair[0] for kind, pair in normalised.items()}
-        table["ci95"] = metric_intervals(candidates, references, beat_align, resamples=intervals, seed=seed)
+        draws = metric_draws(candidates, references, beat_align, resamples=intervals, seed=seed)
+        table["ci95"] = metric_intervals(draws)
+        if keep_draws:
+            table["draws"] = draws
     return table
 
 
@@ -365,6 +371,7 @@ def evaluate_dances(
     cache_ground_truth: bool = True,
     intervals: int = 0,
     seed: int = 0,
+    keep_draws: bool = False,
 ) -> dict[str, Any]:
     """The paper's Table 1 metrics of `generated` clips against a ground-truth set.
 
@@ -377,6 +384,7 @@ def evaluate_dances(
     (every generated clip needs one; extra names are ignored). None: BAS is None.
     corrected: features with the reference's bugs fixed (not comparable with published numbers).
     intervals: bootstrap draws of the clips for 95% intervals ("ci95", `e3d2_hf.metrics.intervals`); 0: none.
+    keep_draws: also return the draws' values ("draws": metric -> array) for `intervals.paired_interval`.
 
     Returns FID_k, FID_g, Div_k, Div_g, BAS, PFC (x 1e4) and the ground truth's own Div_k_gt,
     Div_g_gt. Warnings (MetricWarning): a ground-truth feature with zero variance (named); a beat
@@ -392,7 +400,7 @@ def evaluate_dances(
         reference = ground_truth
     else:
         reference = ground_truth_features(ground_truth, ground_truth_fps, corrected=corrected, cache=cache_ground_truth)
-    return table_metrics(scores, reference, intervals=intervals, seed=seed)
+    return table_metrics(scores, reference, intervals=intervals, seed=seed, keep_draws=keep_draws)
 
 
 def format_table(results: Mapping[str, float | None], method: str = "generated") -> str:

@@ -200,14 +200,18 @@ class HeldOutEvaluation:
         log_level: int = logging.WARNING,
         intervals: int = 0,
         piece_of: dict[str, str] | None = None,
+        keep_draws: bool = False,
     ) -> dict[str, Any]:
         """The paper's metrics of `clips` against the ground truth (with "ci95" from `intervals` bootstrap
         draws of the pieces, when > 0); their warnings (about the data, not errors) logged once each and
-        kept in `warnings`. A clip is named after its piece, or `piece_of` names the piece of each clip."""
+        kept in `warnings`. A clip is named after its piece, or `piece_of` names the piece of each clip.
+        With `keep_draws`, "draws" holds the bootstrap draws' values: every call draws the pieces alike."""
         beats = {name: self.pieces.music_beats[piece_of[name] if piece_of else name] for name in clips}
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            scores = evaluate_dances(clips, self.ground_truth.features, beats, intervals=intervals, seed=seed_of(self.seed, -3))
+            scores = evaluate_dances(
+                clips, self.ground_truth.features, beats, intervals=intervals, seed=seed_of(self.seed, -3), keep_draws=keep_draws
+            )
         for message in dict.fromkeys(str(warning.message) for warning in caught):
             logger.log(log_level, "%s: %s", what, message)
             self.warnings.append(f"{what}: {message}")

@@ -29,7 +29,8 @@ measures the jitter (robust spread of the fourth frame difference at 30 fps, mm 
 torso (pelvis speed m/s, turning rate of pelvis -> neck rad/s, its lean from vertical in degrees;
 median / p90 / p99 / max) of the Bandai-Namco capture read with our BVH importer:
 
-    python scripts/capture_statistics.py ../shared/data/mocap/bandai-namco/dataset-1_{dance-short,walk}_normal_001.bvh --synthetic 24
+    python scripts/capture_statistics.py ../shared/data/mocap/bandai-namco/dataset-1_{dance-short,walk}_normal_001.bvh \
+        --synthetic 24 --features
 
 | clips | jitter | pelvis speed | torso turn | torso lean |
 |---|---|---|---|---|
@@ -37,20 +38,23 @@ median / p90 / p99 / max) of the Bandai-Namco capture read with our BVH importer
 | Bandai-Namco walk (6.5 s) | 0.249 | 1.21 / 1.66 / 1.74 / 1.83 | 0.33 / 0.61 / 0.72 / 0.78 | 2.1 / 3.8 / 5.3 / 5.6 |
 | this generator, 24 sequences, seed 0 | 0.259 | 0.18 / 0.72 / 1.49 / 2.97 | 0.18 / 0.68 / 2.05 / 5.09 | 4.9 / 14.3 / 25.5 / 75.4 |
 
-So every joint rotation gets white noise (`pose.ROTATION_JITTER`, calibrated to that jitter; knees
-and elbows stay hinges), and the torso moves as dancers move it: breaking's drops lean it to about
-75 degrees with both hands on the floor (the real dance leans to 79 degrees, its hands come within
-31 cm of the floor on 0.4-1.6 % of frames), body rolls push the pelvis ahead of the plane of ankles
-and neck, and popping's chest pops turn the belly -> chest vector by more than 0.2 rad within one
-60 fps frame (`choreography.SNAP_FRAMES`): the reference's `move belly chest chest r/lwrist`
-relations (manual features 4, 5) hold only then, and they are 0 on every 10 s window of the real
-dance too, whose torso turns at most 4 rad/s. Every kinetic and manual feature then varies over the
-ground truth. The synthetic pelvis still moves slower than the real dancer's (median 0.18 vs
-0.46 m/s): the synthetic dancer holds each key pose around the beat.
+(The bow, a slow 4.6 s capture, measures 0.005 mm: that capture was smoothed.) So every joint
+rotation gets white noise (`pose.ROTATION_JITTER`, calibrated to that jitter; knees and elbows stay
+hinges), and the torso moves as dancers move it. `--features` scores the reference's 32 manual
+relations on the real dance's six 10 s windows (its joints mapped onto SMPL's by name): the torso
+leans past 70 degrees (manual feature 28), a wrist comes within 31 cm of the lowest joint (29, 30)
+and the pelvis passes 12.8 cm ahead of the plane of ankles and neck (27), each on one window; no
+synthetic dance did any of these once. Now breaking's drops lean the torso to about 75 degrees with
+both hands near the floor, and body rolls push the pelvis forward. Manual features 4 and 5
+(`move belly chest chest r/lwrist`) hold on none of the real windows: they need the belly -> chest
+vector to turn by 0.2 rad within one 60 fps frame, faster than this dancer's torso ever turns
+(4 rad/s); popping's chest pops (`choreography.SNAP_FRAMES`) do it for a frame or two. Every kinetic
+and manual feature then varies over the ground truth. The synthetic pelvis still moves slower than
+the real dancer's (median 0.18 vs 0.46 m/s): the synthetic dancer holds each key pose around the beat.
 
 SMPL axes: y up, the body faces +z, its left is +x. Names follow AIST++
 (`gBR_sBM_cAll_d04_mBR0_ch01`: genre BR, dancer 04, music mBR0). As in AIST++'s cross-modal split,
-validation and test music is never danced to in training.
+validation and test music is never danced to in training, and each held-out piece is danced once.
 
 One job per module: `genres` (the style table), `music` (composing and synthesising), `keys` (the
 key-pose channels and the dancer), `moves` (the dance moves), `choreography` (Markov chains, key
