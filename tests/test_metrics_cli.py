@@ -214,3 +214,39 @@ def test_music_folder_finds_audio_by_clip_name_or_music_id(folders, tmp_path, mo
     (music_dir / "solo.ogg").unlink()
     assert main(["metrics", "--generated", str(generated_dir), "--ground-truth", str(truth_dir), "--music", str(music_dir)]) == 2
     assert "--music" in capsys.readouterr().err
+
+
+def _edge_pfc(full_pose: np.ndarray) -> float:
+    """EDGE's eval/eval_pfc.py on one clip as metrics.md describes it: z up, 30 fps, the whole clip."""
+    dt = 1.0 / 30.0
+    root_velocity = (full_pose[1:, 0] - full_pose[:-1, 0]) / dt
+    root_acceleration = (root_velocity[1:] - root_velocity[:-1]) / dt
+    root_acceleration[:, 2] = np.maximum(root_acceleration[:, 2], 0.0)
+    acceleration = np.linalg.norm(root_acceleration, axis=-1)
+    acceleration /= acceleration.max()
+    feet = full_pose[:, [7, 10, 8, 11]][:, :, :2]
+    foot_speed = np.linalg.norm(feet[2:] - feet[1:-1], axis=-1)
+    left, right = foot_speed[:, :2].min(axis=1), foot_speed[:, 2:].min(axis=1)
+    return float((left * right * acceleration).mean())
+
+
+def test_pfc_of_edge_files_is_the_number_edge_prints(tmp_path, capsys):
+    """EDGE's outputs (full_pose, 30 fps, z up, 5 s here): the whole clips at their own rate, not upsampled nor cut."""
+    rng = np.random.default_rng(4)
+    edge_dir, truth_dir = tmp_path / "edge", tmp_path / "gt"
+    edge_dir.mkdir(), truth_dir.mkdir()
+    poses = []
+    for index in range(3):
+        joints = random_dance(rng, 150, wobble=0.01, travel=0.02)  # a wandering root, drifting feet
+        poses.append(_z_up(joints))
+        (edge_dir / f"clip{index}.pkl").write_bytes(pickle.dumps({"full_pose": poses[-1], "smpl_trans": np.zeros((150, 3))}))
+    for index, joints in enumerate(_dances(5, 4, 240)):
+        np.save(truth_dir / f"gt{index}.npy", joints)
+    out = tmp_path / "edge.json"
+    assert main(["metrics", "--generated", str(edge_dir), "--ground-truth", str(truth_dir), "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    expected = np.mean([_edge_pfc(pose) for pose in poses]) * 1e4
+    report = json.loads(out.read_text())
+    assert report["PFC"] == pytest.approx(expected, rel=1e-5) and report["protocol"]["fps"] == 30.0
+    method_row = next(line for line in printed.splitlines() if line.startswith("edge "))
+    assert method_row.split()[-1] == f"{expected:.4f}" and "read at 30 fps" in printed

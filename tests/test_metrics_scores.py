@@ -2,6 +2,7 @@
 symmetries, and every bad input ending in an error or a documented warning, never a NaN."""
 
 import math
+import re
 import warnings
 
 import numpy as np
@@ -12,6 +13,7 @@ from e3d2_hf.metrics import (
     MetricWarning,
     average_pairwise_distance,
     beat_align_score,
+    constant_features,
     evaluate_dances,
     frechet_distance,
     ground_truth_features,
@@ -178,7 +180,11 @@ def test_generated_clips_are_cut_to_1200_frames_and_ground_truth_is_not():
     long_dances = _dance_set(1, 3, 1300)
     truth = _dance_set(2, 4, 200)
     cut = {name: joints[:1200] for name, joints in long_dances.items()}
-    assert evaluate_dances(long_dances, truth) == evaluate_dances(cut, truth)
+    whole, first_20_seconds = evaluate_dances(long_dances, truth), evaluate_dances(cut, truth)
+    assert {key: value for key, value in whole.items() if key != "PFC"} == {key: value for key, value in first_20_seconds.items() if key != "PFC"}
+    # PFC is EDGE's: the whole clip, at 30 fps (every other frame of a 60 fps clip)
+    assert whole["PFC"] == pytest.approx(np.mean([physical_foot_contact(joints[::2]) for joints in long_dances.values()]) * 1e4)
+    assert whole["PFC"] != pytest.approx(first_20_seconds["PFC"])
     as_truth = ground_truth_features(long_dances)
     assert not np.allclose(as_truth.kinetic, ground_truth_features(cut).kinetic)
     assert len(generated_protocol_clip(long_dances["clip0"])) == 1200
@@ -280,6 +286,19 @@ def test_a_motionless_clip_scores_bas_zero_with_a_warning():
 
 def test_a_feature_constant_over_the_ground_truth_is_warned():
     still = {f"still{index}": np.repeat(rest_joints("male")[None] + index * 0.01, 60, axis=0) for index in range(3)}
-    with pytest.warns(MetricWarning, match=r"FID_g / Div_g: feature\(s\) 0 \(nmove neck rhip lhip rwrist\).*magnifies them 1e10"):
+    with pytest.warns(MetricWarning) as caught:
         results = evaluate_dances(_dance_set(13, 2, 60), still)
-    assert results["FID_g"] > 1e10  # the reference's number, explained by the warning
+    messages = [str(warning.message) for warning in caught]
+    assert any(re.search(r"ground truth: 93 feature\(s\) have zero variance over its 3 clips: kinetic 0 \(pelvis horizontal "
+                         r"kinetic energy\), .* and 81 more; FID and Div are computed as the protocol does", m) for m in messages)
+    assert any(re.search(r"FID / Div: feature\(s\) kinetic 0 .*magnifies them 1e10", m) for m in messages)
+    assert results["FID_g"] > 1e10  # the reference's number, explained by the warnings
+
+
+def test_rigid_ground_truth_is_warned():
+    """A rigid body gliding (no joint moves against another) leaves relations such as the elbow angle constant."""
+    glide = {f"glide{index}": rest_joints("male")[None] + np.linspace(0, 0.5 + 0.1 * index, 90)[:, None, None] * [1.0, 0.0, 0.0]
+             for index in range(4)}  # fmt: skip
+    with pytest.warns(MetricWarning, match=r"56 feature\(s\) have zero variance over its 4 clips: kinetic 1 \(pelvis vertical kinetic"):
+        features = ground_truth_features(glide)
+    assert "manual 6 (angle relbow rshoulder relbow rwrist)" in constant_features(features)

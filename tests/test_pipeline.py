@@ -168,7 +168,7 @@ def test_every_stage_of_the_shipped_recipes_parses(recipe):
 # The real chain, at test scale, on the embedded synthetic default
 # ----------------------------------------------------------------------------------------------
 TEST_SCALE = {
-    "prepare": {"synthetic": 8},
+    "prepare": {"synthetic": 9, "synthetic_heldout": 4},
     "vqvae": {"channels": 16, "codebook_dim": 16, "codebook_size": 32, "residual_depth": 1, "window": 48, "window_stride": 48,
               "per_device_train_batch_size": 16, "learning_rate": 3e-3, "codebook_decay": 0.9, "num_train_epochs": 2,
               "root_window_stride": 48, "root_per_device_train_batch_size": 16, "root_num_train_epochs": 1, "use_cpu": True, "disable_tqdm": True},
@@ -193,8 +193,9 @@ def test_the_whole_pipeline_runs_on_the_synthetic_default(tmp_path, monkeypatch,
     assert main(["pipeline", str(recipe), "--music", str(song)]) == 0
     run_dir = tmp_path / "runs" / "chain"
     table = json.loads((run_dir / "eval" / "metrics.json").read_text())
-    for row in ("ground_truth", "bc", "e3d2"):
-        assert {"FID_k", "FID_g", "Div_k", "Div_g", "BAS", "PFC"} <= set(table[row]), row
+    for row in ("ground_truth", "vqvae", "bc", "e3d2", "random"):
+        assert {"FID_k", "FID_g", "Div_k", "Div_g", "BAS", "PFC", "ci95"} <= set(table[row]), row
+    assert set(table["noise_levels"]) == {"0.02", "0.5", "1"} and set(table["seen_unseen"]) == {"seen", "unseen"}
     assert 0.0 <= table["reward_model"]["pair_accuracy_unseen"] <= 1.0
     assert (run_dir / "eval" / "metrics.md").read_text().startswith("| Method |")
     assert sorted(path.name for path in (run_dir / "eval" / "dance").iterdir()) == [

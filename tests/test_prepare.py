@@ -7,6 +7,7 @@ import json
 import math
 import os
 import pickle
+import platform
 import tempfile
 from pathlib import Path
 
@@ -182,8 +183,10 @@ def test_prepare_synthetic_default(tmp_path: Path) -> None:
     out = tmp_path / "run" / "data"
     assert main(["prepare", "--synthetic", "6", "--seed", "3", "--out", str(out)]) == 0
     manifest = build.load_manifest(out)
-    assert manifest["source"] == {"kind": "synthetic", "dir": str(tmp_path / "run" / "data_raw"), "num_sequences": 6, "seed": 3}
+    plan = {"sequences": 6, "heldout_pieces": None, "seconds": [8.0, 16.0], "heldout_seconds": None}
+    assert manifest["source"] == {"kind": "synthetic", "dir": str(tmp_path / "run" / "data_raw"), "num_sequences": 6, "seed": 3, "plan": plan}
     assert manifest["skipped"] == 0 and sum(info["sequences"] for info in manifest["splits"].values()) == 6
+    assert manifest["versions"]["numpy"] == np.__version__ and manifest["versions"]["python"] == platform.python_version()
     dataset = build.load_prepared(out).with_format("numpy")
     row = dataset["train"][0]
     frames = len(row["joints"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -31,6 +32,7 @@ from e3d2_hf.data.aistpp import SPLITS, AISTPPSequence, motion_joints, music_id_
 from e3d2_hf.motion.skeleton import GENDERS, NUM_JOINTS
 from e3d2_hf.recipe import RunLayout
 from e3d2_hf.utils import E3D2Error, atomic_directory, atomic_file, file_sha256
+from e3d2_hf.versions import environment_versions
 
 logger = logging.getLogger(__name__)
 
@@ -188,19 +190,29 @@ def _only_our_progress_bars() -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
-def _synthetic_source(synthetic_dir: Path, num_sequences: int, seed: int) -> Path:
+@dataclass(frozen=True)
+class SyntheticPlan:
+    """What the embedded synthetic dataset holds: sequences, held-out pieces (None: a fifth), lengths in seconds."""
+
+    sequences: int
+    heldout_pieces: int | None = None
+    seconds: tuple[float, float] = (8.0, 16.0)
+    heldout_seconds: tuple[float, float] | None = None
+
+
+def _synthetic_source(synthetic_dir: Path, plan: SyntheticPlan, seed: int) -> Path:
     from e3d2_hf.data.synthetic import generate_synthetic_aistpp
 
-    if num_sequences < 3:
-        raise E3D2Error(f"--synthetic {num_sequences}: need at least 3 sequences (one per split)")
-    logger.info("writing %d synthetic sequences (seed %d) in the AIST++ layout to %s", num_sequences, seed, synthetic_dir)
+    logger.info("writing %s (seed %d) in the AIST++ layout to %s", plan, seed, synthetic_dir)
     import soundfile
 
-    with atomic_directory(synthetic_dir) as tmp:
-        try:
-            generate_synthetic_aistpp(tmp, num_sequences, seed)
-        except soundfile.LibsndfileError as exc:  # how soundfile reports a full disk
-            raise E3D2Error(f"{synthetic_dir}: cannot write the synthetic music (libsndfile: {exc})") from exc
+    try:
+        with atomic_directory(synthetic_dir) as tmp:
+            generate_synthetic_aistpp(tmp, plan.sequences, seed, plan.seconds, plan.heldout_pieces, plan.heldout_seconds)
+    except soundfile.LibsndfileError as exc:  # how soundfile reports a full disk
+        raise E3D2Error(f"{synthetic_dir}: cannot write the synthetic music (libsndfile: {exc})") from exc
+    except ValueError as exc:
+        raise E3D2Error(f"synthetic dataset: {exc}") from None
     return synthetic_dir
 
 
@@ -209,7 +221,7 @@ def prepare_dataset(
     *,
     aistpp_dir: str | os.PathLike | None = None,
     music_dir: str | os.PathLike | None = None,
-    synthetic_sequences: int | None = None,
+    synthetic_sequences: int | SyntheticPlan | None = None,
     seed: int = 0,
     synthetic_dir: str | os.PathLike | None = None,
     gender: str = "male",
@@ -220,8 +232,8 @@ def prepare_dataset(
 
     Give either `aistpp_dir` (an AIST++ annotations folder; music in `music_dir`, default
     `<aistpp_dir>/wavs`) or `synthetic_sequences` (the embedded default: that many procedural
-    sequences are first written in the AIST++ layout to `synthetic_dir`, default `<out_dir>_raw`,
-    then read like AIST++). A sequence that cannot be read is skipped with a warning and counted;
+    sequences, or a `SyntheticPlan`, are first written in the AIST++ layout to `synthetic_dir`,
+    default `<out_dir>_raw`, then read like AIST++). A sequence that cannot be read is skipped with a warning and counted;
     a split left without any sequence is an error.
     """
     import datasets
@@ -239,9 +251,11 @@ def prepare_dataset(
     if synthetic_sequences is not None:
         if music_dir is not None:
             raise E3D2Error("prepare: --music-dir applies to AIST++ only, the synthetic set brings its own music")
+        plan = synthetic_sequences if isinstance(synthetic_sequences, SyntheticPlan) else SyntheticPlan(synthetic_sequences)
         synthetic_dir = Path(synthetic_dir) if synthetic_dir is not None else out_dir.with_name(f"{out_dir.name}_raw")
-        source_dir = _synthetic_source(synthetic_dir, synthetic_sequences, seed)
-        source: dict[str, Any] = {"kind": "synthetic", "dir": str(source_dir), "num_sequences": synthetic_sequences, "seed": seed}
+        source_dir = _synthetic_source(synthetic_dir, plan, seed)
+        source: dict[str, Any] = {"kind": "synthetic", "dir": str(source_dir), "num_sequences": plan.sequences, "seed": seed,
+                                  "plan": dataclasses.asdict(plan)}  # fmt: skip
     else:
         source_dir = Path(aistpp_dir)
         if music_dir is not None and not Path(music_dir).is_dir():
@@ -304,6 +318,7 @@ def _manifest(
         "skipped_sequences": skipped,
         "inputs_sha256": {"motions": dict(sorted(motion_sha256.items())), "music": dict(sorted(music_sha256.items()))},
         "package_version": __version__,
+        "versions": environment_versions(),
         "seconds_to_prepare": round(seconds, 2),
     }
 
@@ -349,6 +364,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="RUN/data", required=True, help="folder for the prepared dataset")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic generator")
     parser.add_argument("--synthetic-dir", metavar="DIR", help="where the synthetic AIST++ layout is written (default: <out>_raw)")
+    parser.add_argument("--synthetic-heldout", metavar="N", type=int, help="held-out pieces of the synthetic set (default: a fifth)")
+    parser.add_argument("--synthetic-seconds", metavar="S", type=float, nargs=2, default=[8.0, 16.0],
+                        help="shortest and longest synthetic training piece (default 8 16)")
+    parser.add_argument("--synthetic-heldout-seconds", metavar="S", type=float, nargs=2,
+                        help="shortest and longest held-out piece (default: as --synthetic-seconds)")
     parser.add_argument("--smpl-model-dir", metavar="DIR", help="SMPL model files; default: the built-in rest skeleton")
     parser.add_argument("--gender", choices=GENDERS, default="male", help="SMPL body (AIST++ uses male)")
     parser.add_argument("--no-feature-cache", action="store_true", help="recompute music features instead of using the cache")
@@ -359,7 +379,10 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         aistpp_dir=args.aistpp,
         music_dir=args.music_dir,
-        synthetic_sequences=args.synthetic,
+        synthetic_sequences=None if args.synthetic is None else synthetic_plan(
+            PrepareConfig(synthetic=args.synthetic, synthetic_heldout=args.synthetic_heldout, synthetic_seconds=args.synthetic_seconds,
+                          synthetic_heldout_seconds=args.synthetic_heldout_seconds)
+        ),  # fmt: skip
         seed=args.seed,
         synthetic_dir=args.synthetic_dir,
         gender=args.gender,
@@ -377,10 +400,31 @@ class PrepareConfig:
     aistpp: str | None = field(default=None, metadata={"help": "AIST++ annotations folder (motions/, splits/); null: the embedded synthetic dataset."})
     music_dir: str | None = field(default=None, metadata={"help": "AIST++ music (<music_id>.wav; default <aistpp>/wavs)."})
     synthetic: int = field(default=24, metadata={"help": "Sequences of the synthetic dataset, when aistpp is null."})
+    synthetic_heldout: int | None = field(default=None, metadata={"help": "Of them, held-out pieces (val + test, one dance each); null: a fifth."})
+    synthetic_seconds: list[float] = field(default_factory=lambda: [8.0, 16.0], metadata={"help": "Lengths in seconds (low, high) of the training pieces."})
+    synthetic_heldout_seconds: list[float] | None = field(default=None, metadata={"help": "Lengths (low, high) of the held-out pieces (null: synthetic_seconds)."})
     seed: int = field(default=0, metadata={"help": "Seed of the synthetic dataset."})
     gender: str = field(default="male", metadata={"help": "SMPL body of the forward kinematics (male: AIST++'s; female needs smpl_model_dir)."})
     smpl_model_dir: str | None = field(default=None, metadata={"help": "Your SMPL model files, used through smplx (default: the built-in rest skeleton)."})
     feature_cache: bool = field(default=True, metadata={"help": "Reuse music features cached by content hash (E3D2_CACHE)."})
+
+
+def _seconds_pair(values: list[float] | None, name: str) -> tuple[float, float] | None:
+    if values is None:
+        return None
+    if len(values) != 2:
+        raise E3D2Error(f"prepare: {name} is a [shortest, longest] pair of seconds, got {values}")
+    return float(values[0]), float(values[1])
+
+
+def synthetic_plan(config: PrepareConfig) -> SyntheticPlan:
+    """The synthetic dataset a `prepare` section asks for."""
+    return SyntheticPlan(
+        config.synthetic,
+        config.synthetic_heldout,
+        _seconds_pair(config.synthetic_seconds, "synthetic_seconds"),
+        _seconds_pair(config.synthetic_heldout_seconds, "synthetic_heldout_seconds"),
+    )
 
 
 def prepare_from_config(config: PrepareConfig) -> Path:
@@ -389,7 +433,7 @@ def prepare_from_config(config: PrepareConfig) -> Path:
         RunLayout(config.run_dir).data,
         aistpp_dir=config.aistpp,
         music_dir=config.music_dir,
-        synthetic_sequences=None if config.aistpp else config.synthetic,
+        synthetic_sequences=None if config.aistpp else synthetic_plan(config),
         seed=config.seed,
         gender=config.gender,
         smpl_model_dir=config.smpl_model_dir,

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from e3d2_hf.metrics.features import FEATURE_VERSION
 from e3d2_hf.metrics.protocol import (
     GENERATED_FRAMES,
+    PFC_FPS,
     PROTOCOL_FPS,
     UP_AXES,
     evaluate_dances,
@@ -30,6 +31,8 @@ from e3d2_hf.metrics.protocol import (
 )
 from e3d2_hf.metrics.scores import PFC_SCALE, MetricWarning
 from e3d2_hf.utils import E3D2Error, atomic_file, numpy_file_kind
+
+EDGE_FPS = 30.0  # EDGE writes its dances (full_pose) at 30 fps
 
 
 def load_prepared_dances(folder: str | Path, with_beats: bool = False) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
@@ -53,18 +56,19 @@ def load_prepared_dances(folder: str | Path, with_beats: bool = False) -> tuple[
 
 def _load_side(
     folder: Path, up_axis: str, what: str, with_beats: bool
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None, str]:
-    """Clips (and, from a prepared dataset, beat tracks if asked) with a description of the source."""
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None, str, dict[str, int]]:
+    """Clips (and, from a prepared dataset, beat tracks if asked), a description of the source, and the files' kinds."""
     if is_prepared_dataset(folder):
         clips, beats = load_prepared_dances(folder, with_beats)
-        return clips, beats, f"prepared dataset, all splits{', music beats from its features' if with_beats else ''}"
+        described = f"prepared dataset, all splits{', music beats from its features' if with_beats else ''}"
+        return clips, beats, described, {"prepared": len(clips)}
     clips, kinds = load_dance_folder(folder, up_axis, what)
     described = ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items()))
     if up_axis == "auto" and "edge" in kinds:
         described += "; EDGE full_pose is z-up, rotated to y-up"
     elif up_axis == "z":
         described += "; z-up, rotated to y-up"
-    return clips, None, described
+    return clips, None, described, kinds
 
 
 def _missing_error(option: str, folder: Path, missing: list[str]) -> E3D2Error:
@@ -130,13 +134,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="audio per clip (<name>.* or <music id>.*): beats = our music features' beat column")
     beats.add_argument("--beats", type=Path, metavar="DIR",
                        help="<name>.npy per clip: one-hot beat track (T,) or frame indices, at --fps")
-    parser.add_argument("--fps", type=float, default=PROTOCOL_FPS, help="frame rate of the generated clips (default 60)")
+    parser.add_argument("--fps", type=float, default=None,
+                        help="frame rate of the generated clips (default: 30 when every file is EDGE's full_pose, else 60)")
     parser.add_argument("--ground-truth-fps", type=float, default=PROTOCOL_FPS, help="frame rate of the ground truth (default 60)")
     parser.add_argument("--up-axis", choices=UP_AXES, default="auto",
                         help="up axis of the files (auto: z for EDGE full_pose, y otherwise)")
     parser.add_argument("--corrected", action="store_true",
                         help="fix the reference features' bugs (numbers no longer comparable with published ones)")
     parser.add_argument("--no-cache", action="store_true", help="recompute the ground-truth features instead of using the cache")
+    parser.add_argument("--intervals", type=int, default=0, metavar="N",
+                        help="95%% bootstrap intervals over the generated clips from N draws (e.g. 1000; default: none)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap draws")
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write the results as JSON")
 
 
@@ -145,10 +153,14 @@ def run(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", MetricWarning)
         use_dataset_beats = args.music is None and args.beats is None and is_prepared_dataset(args.generated)
-        generated, generated_beats, generated_source = _load_side(
+        generated, generated_beats, generated_source, kinds = _load_side(
             args.generated, args.up_axis, "generated dances", use_dataset_beats
         )
-        ground_truth, _, ground_truth_source = _load_side(args.ground_truth, args.up_axis, "ground truth", False)
+        ground_truth, _, ground_truth_source, _ = _load_side(args.ground_truth, args.up_axis, "ground truth", False)
+        if args.fps is None:
+            args.fps = EDGE_FPS if set(kinds) == {"edge"} else PROTOCOL_FPS
+            if args.fps == EDGE_FPS:
+                notes.append(f"every generated file is EDGE's full_pose: read at {EDGE_FPS:g} fps (--fps to say otherwise)")
         notes.append(f"generated: {len(generated)} clips from {args.generated} ({generated_source})")
         notes.append(f"ground truth: {len(ground_truth)} clips from {args.ground_truth} ({ground_truth_source})")
         for what, fps in (("generated", args.fps), ("ground-truth", args.ground_truth_fps)):
@@ -172,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
         results = evaluate_dances(
             generated, ground_truth, music_beats, args.fps,
             ground_truth_fps=args.ground_truth_fps, corrected=args.corrected, cache_ground_truth=not args.no_cache,
+            intervals=args.intervals, seed=args.seed,
         )  # fmt: skip
     warning_lines = []
     for record in caught:
@@ -185,7 +198,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: {line}", file=sys.stderr)
     print()
     print(format_table(results, method=args.generated.name or "generated"))
-    print(f"(PFC: EDGE's score x {PFC_SCALE:g}, on the 60 fps protocol clips, y up; lower is better)")
+    print(f"(PFC: EDGE's score x {PFC_SCALE:g} on each whole generated clip at {PFC_FPS:g} fps, y up, as EDGE's eval_pfc.py; lower is better)")
+    if "ci95" in results:
+        print(f"95% bootstrap intervals over the {len(generated)} generated clips ({args.intervals} draws, seed {args.seed}): "
+              + ", ".join(f"{key} [{low:.4g}, {high:.4g}]" for key, (low, high) in
+                          ((key, value) for key, value in results["ci95"].items() if value is not None)))  # fmt: skip
     if args.json is not None:
         report = dict(results)
         report["protocol"] = {
@@ -195,6 +212,8 @@ def run(args: argparse.Namespace) -> int:
             "ground_truth_fps": args.ground_truth_fps,
             "upsampled_to_60fps": args.fps != PROTOCOL_FPS or args.ground_truth_fps != PROTOCOL_FPS,
             "generated_frames": GENERATED_FRAMES,
+            "pfc_fps": PFC_FPS,
+            "intervals": args.intervals,
             "corrected_features": args.corrected,
             "feature_version": FEATURE_VERSION,
             "pfc_scale": PFC_SCALE,

@@ -10,13 +10,18 @@ it as a Hugging Face `evaluate` module.
 from pathlib import Path
 
 from e3d2_hf.metrics.features import FEATURE_VERSION, MANUAL_FEATURES, kinetic_features, manual_features, motion_features
+from e3d2_hf.metrics.intervals import metric_draws, metric_intervals, paired_interval
 from e3d2_hf.metrics.protocol import (
+    ClipScores,
     DanceFeatures,
+    constant_features,
     evaluate_dances,
     format_table,
     ground_truth_features,
     load_dance_file,
     load_dance_folder,
+    score_clips,
+    table_metrics,
 )
 from e3d2_hf.metrics.scores import (
     PFC_SCALE,
@@ -36,10 +41,12 @@ __all__ = [
     "FEATURE_VERSION",
     "MANUAL_FEATURES",
     "PFC_SCALE",
+    "ClipScores",
     "DanceFeatures",
     "MetricWarning",
     "average_pairwise_distance",
     "beat_align_score",
+    "constant_features",
     "evaluate_dances",
     "format_table",
     "frechet_distance",
@@ -49,6 +56,11 @@ __all__ = [
     "load_dance_file",
     "load_dance_folder",
     "manual_features",
+    "metric_draws",
+    "metric_intervals",
     "motion_features",
+    "paired_interval",
     "physical_foot_contact",
+    "score_clips",
+    "table_metrics",
 ]

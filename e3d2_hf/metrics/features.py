@@ -36,6 +36,7 @@ from e3d2_hf.utils import E3D2Error
 FEATURE_VERSION = "1"
 
 KINETIC_FEATURE_DIM = 3 * NUM_JOINTS  # per joint: horizontal KE, vertical KE, energy expenditure
+KINETIC_COMPONENTS = ("horizontal kinetic energy", "vertical kinetic energy", "energy expenditure")
 MANUAL_FEATURE_DIM = 32
 KINETIC_FRAME_TIME = 1.0 / 60.0  # AIST++ API KineticFeatures default
 KINETIC_WINDOW = 2  # velocity = mean frame difference over frames i-2 .. i+2

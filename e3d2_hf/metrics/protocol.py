@@ -5,7 +5,9 @@ as later papers do); a generated clip keeps its first 1200 frames (20 s); genera
 ground-truth clips are shifted so that the first frame's root is at the origin (this matters: the
 reference's energy-expenditure feature depends on absolute position). FID_k / FID_g and Div_k /
 Div_g come from the kinetic and manual features of those clips, BAS from the full generated clip
-(root kept) against the music's beat track, PFC from the protocol clips (y up, x 1e4).
+(root kept) against the music's beat track. PFC is EDGE's: each whole generated clip at 30 fps (a
+60 fps clip at every other frame; EDGE's own outputs, 30 fps, as they are), y up, x 1e4, as EDGE's
+`eval/eval_pfc.py` scores its outputs (its per-frame foot speeds depend on the frame rate).
 
 Ground-truth features are cached on disk keyed by the clip's content and FEATURE_VERSION, so
 re-evaluating against the same ground truth costs only the generated clips. Anything that would
@@ -21,12 +23,15 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from e3d2_hf.metrics.features import (
     FEATURE_VERSION,
+    KINETIC_COMPONENTS,
     KINETIC_FEATURE_DIM,
     MANUAL_FEATURE_DIM,
     MANUAL_FEATURES,
@@ -34,6 +39,7 @@ from e3d2_hf.metrics.features import (
     manual_features,
     validate_joints,
 )
+from e3d2_hf.metrics.intervals import metric_draws, metric_intervals
 from e3d2_hf.metrics.scores import (
     BEAT_SMOOTHING_WINDOW,
     PFC_SCALE,
@@ -45,11 +51,13 @@ from e3d2_hf.metrics.scores import (
     normalise_by_ground_truth,
     physical_foot_contact,
 )
+from e3d2_hf.motion.skeleton import SMPL_JOINT_NAMES
 from e3d2_hf.utils import E3D2Error, array_sha256, cache_dir, numpy_file_kind, read_cached_array, safe_load_pickle, write_cached_array
 
 logger = logging.getLogger(__name__)
 
 PROTOCOL_FPS = 60.0
+PFC_FPS = 30.0  # EDGE scores foot contact on its 30 fps outputs
 GENERATED_FRAMES = 1200  # 20 s at 60 fps
 METRIC_KEYS = ("FID_k", "FID_g", "Div_k", "Div_g", "BAS", "PFC")
 GROUND_TRUTH_KEYS = ("Div_k_gt", "Div_g_gt")
@@ -59,15 +67,16 @@ UP_AXES = ("auto", "y", "z")
 # --------------------------------------------------------------------------------------------
 # Protocol steps on one clip.
 # --------------------------------------------------------------------------------------------
-def resample_to_protocol_fps(joints: np.ndarray, fps: float) -> np.ndarray:
-    """Joints at 60 fps by linear interpolation in time (frame n at n / 60 s); unchanged at 60 fps."""
+def resample_to_protocol_fps(joints: np.ndarray, fps: float, target_fps: float = PROTOCOL_FPS) -> np.ndarray:
+    """Joints at `target_fps` (60) by linear interpolation in time (frame n at n / target_fps s); unchanged
+    at that rate. From 60 to 30 fps this is every other frame, exactly."""
     if fps <= 0:
         raise E3D2Error(f"fps {fps}: must be positive")
-    if fps == PROTOCOL_FPS:
+    if fps == target_fps:
         return joints
     source = np.asarray(joints, dtype=np.float64)
-    num_frames = int(np.floor((len(source) - 1) * PROTOCOL_FPS / fps + 1e-9)) + 1
-    position = np.arange(num_frames) * (fps / PROTOCOL_FPS)
+    num_frames = int(np.floor((len(source) - 1) * target_fps / fps + 1e-9)) + 1
+    position = np.arange(num_frames) * (fps / target_fps)
     lower = np.minimum(np.floor(position).astype(np.int64), len(source) - 1)
     upper = np.minimum(lower + 1, len(source) - 1)
     weight = (position - lower)[:, None, None]
@@ -168,7 +177,39 @@ def ground_truth_features(
         )
         for name, joints in clips.items()
     ]
-    return _features_of(shifted, corrected, cache, "ground-truth features")
+    features = _features_of(shifted, corrected, cache, "ground-truth features")
+    constant = constant_features(features)
+    if constant:
+        warnings.warn(
+            f"ground truth: {len(constant)} feature(s) have zero variance over its {len(clips)} clips: {_listed(constant)}; "
+            "FID and Div are computed as the protocol does, dividing them by std + 1e-10, so any generated deviation in them "
+            "is magnified 1e10 times (ground truth too smooth, too rigid or too few clips?)",
+            MetricWarning,
+            stacklevel=2,
+        )
+    return features
+
+
+def _listed(labels: list[str], shown: int = 12) -> str:
+    return ", ".join(labels[:shown]) + (f" and {len(labels) - shown} more" if len(labels) > shown else "")
+
+
+def _feature_label(kind: str, index: int) -> str:
+    if kind == "k":
+        return f"kinetic {index} ({SMPL_JOINT_NAMES[index // 3]} {KINETIC_COMPONENTS[index % 3]})"
+    feature = MANUAL_FEATURES[index]
+    return f"manual {index} ({feature.relation} {' '.join(feature.points)})"
+
+
+def constant_features(features: DanceFeatures, candidate: DanceFeatures | None = None) -> list[str]:
+    """Labels of the features with zero variance over `features`; with `candidate`, only those that it leaves."""
+    labels = []
+    for kind, values in (("k", features.kinetic), ("g", features.manual)):
+        constant = values.std(axis=0) == 0
+        if candidate is not None:
+            constant &= ((candidate.kinetic if kind == "k" else candidate.manual) != values[0]).any(axis=0)
+        labels += [_feature_label(kind, index) for index in np.flatnonzero(constant)]
+    return labels
 
 
 # --------------------------------------------------------------------------------------------
@@ -176,8 +217,8 @@ def ground_truth_features(
 # --------------------------------------------------------------------------------------------
 def _beat_align_scores(
     clips: dict[str, np.ndarray], input_lengths: dict[str, int], music_beats: Mapping[str, np.ndarray], fps: float
-) -> float | None:
-    """Mean BAS over the clips that have music beats (see evaluate_dances for the rules)."""
+) -> np.ndarray:
+    """Each clip's BAS, NaN for a clip left out (see evaluate_dances for the rules)."""
     missing = [name for name in clips if name not in music_beats]
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
@@ -196,7 +237,7 @@ def _beat_align_scores(
                 f"music beats of '{name}': the beat track has {track_length} frames but the motion {input_frames} "
                 f"(at {fps:g} fps); music beats after frame {track_length} are missing from its score",
                 MetricWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
         frames = np.unique(np.round(frames * (PROTOCOL_FPS / fps)).astype(np.int64))
         frames = frames[frames < len(joints) - 1]  # the reference cuts the track to the speed's length, T - 1
@@ -204,40 +245,110 @@ def _beat_align_scores(
             warnings.warn(
                 f"music beats of '{name}': no music beat inside the clip; the clip is left out of BAS",
                 MetricWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
+            scores.append(np.nan)
             continue
         motion_beats = kinematic_beats(joints)
         if motion_beats.size == 0:
             warnings.warn(
                 f"generated clip '{name}': no kinematic beat (its smoothed speed has no local minimum); it scores BAS 0",
                 MetricWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
         scores.append(beat_align_score(frames, motion_beats))
-    if not scores:
-        warnings.warn("BAS: no generated clip has a music beat; BAS is not reported", MetricWarning, stacklevel=3)
-        return None
-    return float(np.mean(scores))
+    if np.isnan(scores).all():
+        warnings.warn("BAS: no generated clip has a music beat; BAS is not reported", MetricWarning, stacklevel=4)
+    return np.asarray(scores, dtype=np.float64)
 
 
-def _warn_constant_features(kind: str, reference_set: np.ndarray, candidate_set: np.ndarray) -> None:
-    """A feature constant over the ground truth has std 0: the reference divides by 1e-10, so any
-    generated deviation in it is magnified 10^10 and dominates FID and Div. Say so."""
-    constant = reference_set.std(axis=0) == 0
-    deviating = np.flatnonzero(constant & (candidate_set != reference_set[0]).any(axis=0))
-    if deviating.size:
-        if kind == "g":
-            labels = [f"{index} ({MANUAL_FEATURES[index].relation} {' '.join(MANUAL_FEATURES[index].points)})" for index in deviating]
-        else:
-            labels = [str(index) for index in deviating]
+def _foot_contact(joints: np.ndarray, fps: float) -> float:
+    """EDGE's PFC of one whole clip (unscaled) at 30 fps; NaN for a clip of fewer than 3 frames at 30 fps."""
+    clip = resample_to_protocol_fps(joints, fps, PFC_FPS)
+    return physical_foot_contact(clip) if len(clip) >= 3 else float("nan")
+
+
+@dataclass(frozen=True)
+class ClipScores:
+    """What each generated clip brings to the table: its features, its BAS (NaN: left out; None: no
+    beats given) and its foot-contact score (unscaled; NaN: too short), in the clips' order."""
+
+    names: list[str]
+    features: DanceFeatures
+    beat_align: np.ndarray | None
+    foot_contact: np.ndarray
+
+
+def score_clips(
+    generated: Mapping[str, np.ndarray], music_beats: Mapping[str, np.ndarray] | None = None, fps: float = PROTOCOL_FPS, *, corrected: bool = False
+) -> ClipScores:
+    """Every generated clip scored on its own (the rules are `evaluate_dances`'s); at least 2 clips."""
+    if not isinstance(generated, Mapping):
+        raise E3D2Error("generated: give a dict of clip name -> joints")
+    validated = {
+        name: validate_joints(joints, f"generated clip '{name}'").astype(np.float32, copy=False) for name, joints in generated.items()
+    }
+    if len(validated) < 2:
+        raise E3D2Error(f"generated: {len(validated)} clip(s); FID's covariance and diversity need at least 2")
+    clips = {name: resample_to_protocol_fps(joints, fps) for name, joints in validated.items()}
+    input_lengths = {name: len(joints) for name, joints in validated.items()}
+    beat_align = None if music_beats is None else _beat_align_scores(clips, input_lengths, music_beats, fps)
+    protocol_clips = [generated_protocol_clip(joints) for joints in clips.values()]
+    return ClipScores(
+        names=list(validated),
+        features=_features_of(protocol_clips, corrected, cache=False, description="generated features"),
+        beat_align=beat_align,
+        foot_contact=np.array([_foot_contact(joints, fps) for joints in validated.values()]),
+    )
+
+
+def _normalised(scores: ClipScores, reference: DanceFeatures) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """kind -> (ground truth, generated) features standardised with the ground truth's mean and std (+ 1e-10)."""
+    return {
+        "k": normalise_by_ground_truth(reference.kinetic, scores.features.kinetic),
+        "g": normalise_by_ground_truth(reference.manual, scores.features.manual),
+    }
+
+
+def table_metrics(
+    scores: ClipScores, reference: DanceFeatures, *, intervals: int = 0, seed: int = 0, keep_draws: bool = False
+) -> dict[str, Any]:
+    """FID_k, FID_g, Div_k, Div_g, BAS, PFC (x 1e4) and Div_k_gt, Div_g_gt of scored clips against the
+    ground truth's features; with `intervals` > 0 also "ci95" from that many bootstrap draws (seeded)
+    of the clips, and with `keep_draws` the draws' values themselves ("draws", for paired intervals)."""
+    if scores.features.corrected != reference.corrected:
+        raise E3D2Error(f"ground-truth features were computed with corrected={reference.corrected}, not {scores.features.corrected}")
+    if len(reference) < 2:
+        raise E3D2Error(f"ground truth: {len(reference)} clip(s); FID and diversity need at least 2")
+    deviating = constant_features(reference, scores.features)
+    if deviating:
         warnings.warn(
-            f"FID_{kind} / Div_{kind}: feature(s) {', '.join(labels[:5])}{' ...' if len(labels) > 5 else ''} are constant over "
+            f"FID / Div: feature(s) {_listed(deviating)} are constant over "
             "the ground truth but not over the generated clips; the reference's std + 1e-10 normalisation magnifies "
             "them 1e10 times (too few or too uniform ground-truth clips?)",
             MetricWarning,
-            stacklevel=3,
+            stacklevel=2,
         )
+    normalised = _normalised(scores, reference)
+    results: dict[str, Any] = {}
+    with threadpool_limits(limits=1, user_api="blas"):  # a 72 x 72 sqrtm: more threads only wait on each other
+        for kind, (normalised_reference, normalised_candidate) in normalised.items():
+            results[f"FID_{kind}"] = frechet_distance(normalised_candidate, normalised_reference)
+            results[f"Div_{kind}"] = average_pairwise_distance(normalised_candidate)
+            results[f"Div_{kind}_gt"] = average_pairwise_distance(normalised_reference)
+    beat_align = scores.beat_align
+    results["BAS"] = None if beat_align is None or np.isnan(beat_align).all() else float(np.nanmean(beat_align))
+    contact = scores.foot_contact[np.isfinite(scores.foot_contact)]
+    results["PFC"] = float(contact.mean() * PFC_SCALE) if contact.size else None
+    table = {key: results[key] for key in METRIC_KEYS + GROUND_TRUTH_KEYS}
+    if intervals > 0:
+        candidates = {kind: pair[1] for kind, pair in normalised.items()}
+        references = {kind: pair[0] for kind, pair in normalised.items()}
+        draws = metric_draws(candidates, references, beat_align, resamples=intervals, seed=seed)
+        table["ci95"] = metric_intervals(draws)
+        if keep_draws:
+            table["draws"] = draws
+    return table
 
 
 def evaluate_dances(
@@ -249,58 +360,38 @@ def evaluate_dances(
     ground_truth_fps: float = PROTOCOL_FPS,
     corrected: bool = False,
     cache_ground_truth: bool = True,
-) -> dict[str, float | None]:
+    intervals: int = 0,
+    seed: int = 0,
+    keep_draws: bool = False,
+) -> dict[str, Any]:
     """The paper's Table 1 metrics of `generated` clips against a ground-truth set.
 
     generated: clip name -> joints (T, 24, 3) or (T, 72), metres, y up, SMPL order, at `fps`
-    (anything but 60 is resampled to 60 by linear interpolation). At least 2 clips.
+    (anything but 60 is resampled to 60 by linear interpolation for FID, Div and BAS; PFC scores
+    each whole clip at 30 fps). At least 2 clips.
     ground_truth: clips the same way at `ground_truth_fps` (dict or list), or their
     `ground_truth_features(...)`. At least 2 clips.
     music_beats: clip name -> the music's beat track at `fps`: one-hot (T,) or frame indices
     (every generated clip needs one; extra names are ignored). None: BAS is None.
     corrected: features with the reference's bugs fixed (not comparable with published numbers).
+    intervals: bootstrap draws of the clips for 95% intervals ("ci95", `e3d2_hf.metrics.intervals`); 0: none.
+    keep_draws: also return the draws' values ("draws": metric -> array) for `intervals.paired_interval`.
 
     Returns FID_k, FID_g, Div_k, Div_g, BAS, PFC (x 1e4) and the ground truth's own Div_k_gt,
-    Div_g_gt. Warnings (MetricWarning): a beat track shorter than its motion; a clip with no music
-    beat inside it (left out of BAS); a clip without kinematic beats (BAS 0 for it); a singular
-    covariance product (FID's diagonal offset); a feature constant over the ground truth that the
-    generated clips leave (magnified 1e10 by the normalisation). Errors (E3D2Error): bad shapes, NaN / inf joints,
-    fewer than 2 clips on either side, a clip shorter than the 41-frame smoothing window when BAS
-    is asked for, generated clips without beats.
+    Div_g_gt. Warnings (MetricWarning): a ground-truth feature with zero variance (named); a beat
+    track shorter than its motion; a clip with no music beat inside it (left out of BAS); a clip
+    without kinematic beats (BAS 0 for it); a singular covariance product (FID's diagonal offset);
+    a feature constant over the ground truth that the generated clips leave (magnified 1e10 by the
+    normalisation). Errors (E3D2Error): bad shapes, NaN / inf joints, fewer than 2 clips on either
+    side, a clip shorter than the 41-frame smoothing window when BAS is asked for, generated clips
+    without beats.
     """
-    if not isinstance(generated, Mapping):
-        raise E3D2Error("generated: give a dict of clip name -> joints")
-    validated = {
-        name: validate_joints(joints, f"generated clip '{name}'").astype(np.float32, copy=False) for name, joints in generated.items()
-    }
-    if len(validated) < 2:
-        raise E3D2Error(f"generated: {len(validated)} clip(s); FID's covariance and diversity need at least 2")
-    clips = {name: resample_to_protocol_fps(joints, fps) for name, joints in validated.items()}
-    input_lengths = {name: len(joints) for name, joints in validated.items()}
-    beat_align = None if music_beats is None else _beat_align_scores(clips, input_lengths, music_beats, fps)
+    scores = score_clips(generated, music_beats, fps, corrected=corrected)
     if isinstance(ground_truth, DanceFeatures):
-        if ground_truth.corrected != corrected:
-            raise E3D2Error(f"ground-truth features were computed with corrected={ground_truth.corrected}, not {corrected}")
-        if len(ground_truth) < 2:
-            raise E3D2Error(f"ground truth: {len(ground_truth)} clip(s); FID and diversity need at least 2")
         reference = ground_truth
     else:
         reference = ground_truth_features(ground_truth, ground_truth_fps, corrected=corrected, cache=cache_ground_truth)
-
-    protocol_clips = [generated_protocol_clip(joints) for joints in clips.values()]
-    candidate = _features_of(protocol_clips, corrected, cache=False, description="generated features")
-    results: dict[str, float | None] = {"BAS": beat_align}
-    for kind, reference_set, candidate_set in (
-        ("k", reference.kinetic, candidate.kinetic),
-        ("g", reference.manual, candidate.manual),
-    ):
-        _warn_constant_features(kind, reference_set, candidate_set)
-        normalised_reference, normalised_candidate = normalise_by_ground_truth(reference_set, candidate_set)
-        results[f"FID_{kind}"] = frechet_distance(normalised_candidate, normalised_reference)
-        results[f"Div_{kind}"] = average_pairwise_distance(normalised_candidate)
-        results[f"Div_{kind}_gt"] = average_pairwise_distance(normalised_reference)
-    results["PFC"] = float(np.mean([physical_foot_contact(joints) for joints in protocol_clips]) * PFC_SCALE)
-    return {key: results[key] for key in METRIC_KEYS + GROUND_TRUTH_KEYS}
+    return table_metrics(scores, reference, intervals=intervals, seed=seed, keep_draws=keep_draws)
 
 
 def format_table(results: Mapping[str, float | None], method: str = "generated") -> str:

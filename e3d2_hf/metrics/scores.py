@@ -122,8 +122,9 @@ def physical_foot_contact(joints: np.ndarray, up_axis: int = UP_AXIS) -> float:
     its up component clamped at 0 from below, its norm divided by its maximum over the clip. Foot
     speed = per-frame horizontal displacement (frames t -> t+1, t = 1..T-2) of ankle and foot; per
     side the smaller of the two. Score = mean_t(left * right * acceleration). Per-frame
-    displacements make it depend on the frame rate: EDGE scores 30 fps clips, we score the 60 fps
-    protocol clips. A root that never accelerates (maximum 0) scores 0 instead of EDGE's 0 / 0.
+    displacements make it depend on the frame rate: EDGE scores its whole 30 fps clips, and so does
+    the protocol (`protocol.PFC_FPS`). A root that never accelerates (maximum 0) scores 0 instead of
+    EDGE's 0 / 0.
     """
     joints = np.asarray(joints, dtype=np.float64)
     root = joints[:, 0]

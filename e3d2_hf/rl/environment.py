@@ -178,6 +178,13 @@ def pieces_of(codes: datasets.Dataset, max_steps: int | None) -> list[Piece]:
     return pieces
 
 
+def _right_padded(codes: list[np.ndarray], length: int) -> torch.Tensor:
+    """(N, length) long: each code sequence right-padded with code 0."""
+    if not codes:
+        return torch.zeros(0, length, dtype=torch.long)
+    return torch.stack([torch.nn.functional.pad(torch.as_tensor(sequence, dtype=torch.long), (0, length - len(sequence))) for sequence in codes])
+
+
 @dataclass
 class HeldOutPieces:
     """Held-out music to dance to during evaluation, in one right-padded batch.
@@ -185,7 +192,8 @@ class HeldOutPieces:
     first_upper/first_lower: (N, 1) codes of each ground-truth dance's first 8 frames (the initial
     state); music_features: (N, S, D) 7.5 fps; steps: (N,) steps of each piece (<= S);
     music_beats: name -> 60 fps beat one-hot of the danced frames; root_start: (N, 3) the ground
-    truth's first root position (the generated dance starts there).
+    truth's first root position (the generated dance starts there); data_upper/data_lower: (N, S)
+    the ground-truth dance's own codes, right-padded (what the VQ-VAE makes of the data).
     """
 
     names: list[str]
@@ -195,6 +203,8 @@ class HeldOutPieces:
     steps: np.ndarray
     music_beats: dict[str, np.ndarray]
     root_start: torch.Tensor
+    data_upper: torch.Tensor
+    data_lower: torch.Tensor
 
     def __len__(self) -> int:
         return len(self.names)
@@ -212,11 +222,13 @@ class HeldOutPieces:
         do_sample: bool,
         temperature: float = 1.0,
         top_k: int | None = None,
+        noise_level: float = 0.0,
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray]:
         """The policy's dances to pieces `rows`: upper and lower codes (B, S) incl. a_0, their music (B, S, D), steps (B,).
 
         S is the longest piece of the slice; shorter pieces are right-padded (cut them at `steps`).
+        `noise_level`: stage 2's eps (1: every code uniformly random, the floor of Table 1).
         """
         steps = self.steps[rows]
         music = self.music_features[rows, : int(steps.max())].to(policy.device)
@@ -227,6 +239,7 @@ class HeldOutPieces:
             do_sample=do_sample,
             temperature=temperature,
             top_k=top_k,
+            noise_level=noise_level,
             generator=generator,
         )
         upper, lower = policy.split_pose_tokens(tokens)
@@ -250,19 +263,23 @@ class HeldOutPieces:
 
         Each piece is cut to `max_steps` steps (None: the whole music).
         """
-        pieces, beats, roots = [], {}, []
+        pieces, beats, roots, data_codes = [], {}, [], []
         for code_split, prepared_split in zip(codes, prepared):
             if list(code_split["name"]) != list(prepared_split["name"]):
                 raise E3D2Error("pose codes: their sequences differ from the prepared split's (stale cache?); delete RUN/pose_codes")
             split_pieces = pieces_of(code_split, max_steps)
             tracks = code_split.with_format("numpy", columns=["music_beats"])["music_beats"]
             first_roots = prepared_split.with_format("numpy", columns=["joints"])["joints"]
-            for piece, track, joints in zip(split_pieces, tracks, first_roots):
+            sequences = code_sequences(code_split)
+            for piece, track, joints, upper, lower in zip(split_pieces, tracks, first_roots, sequences["upper_codes"], sequences["lower_codes"]):
                 beats[piece.name] = np.asarray(track[: piece.steps * frames_per_step], dtype=np.float32)
                 roots.append(torch.as_tensor(np.asarray(joints[0, 0], dtype=np.float32)))
+                data_codes.append((upper[: piece.steps], lower[: piece.steps]))
             pieces += split_pieces
         longest = max((piece.steps for piece in pieces), default=0)
         padded = [torch.nn.functional.pad(torch.as_tensor(piece.music_features), (0, 0, 0, longest - piece.steps)) for piece in pieces]
+        data_upper = _right_padded([upper for upper, _ in data_codes], longest)
+        data_lower = _right_padded([lower for _, lower in data_codes], longest)
         return cls(
             [piece.name for piece in pieces],
             torch.tensor([piece.first_upper for piece in pieces], dtype=torch.long)[:, None],
@@ -271,6 +288,8 @@ class HeldOutPieces:
             np.asarray([piece.steps for piece in pieces], dtype=np.int64),
             beats,
             torch.stack(roots) if roots else torch.zeros(0, 3),
+            data_upper,
+            data_lower,
         )
 
 

@@ -8,7 +8,12 @@ policy compared faces the same random numbers. Each policy's dances get
 - the learned return (the reward model's, paper Eq. 4), when a reward model is given;
 - the exact per-step KL to a reference policy (PPO: pi_BC), when one is given;
 - FID_k, FID_g, Div_k, Div_g against the features of every dance of the dataset (`GroundTruth`),
-  BAS against each piece's music beats, and PFC (`e3d2_hf.metrics.evaluate_dances`).
+  BAS against each piece's music beats, and PFC (`e3d2_hf.metrics.evaluate_dances`), with 95%
+  bootstrap intervals over the pieces when asked.
+
+`reconstruct` decodes the ground truth's own pose codes instead (the VQ-VAE's ceiling: what a
+policy that chose every code as the data did would dance), and `dance(..., noise_level=1)` the
+uniformly random codes (the floor).
 
 Two users: Table 1 (`e3d2_hf.evaluation.table_1`) and PPO's periodic and final evaluations, which
 `e3d2_hf.trainers.ppo.train_ppo` hands to the trainer as its `evaluator`. It lives in `rl/`, below the
@@ -36,6 +41,7 @@ from e3d2_hf.utils import E3D2Error
 if TYPE_CHECKING:
     from e3d2_hf.models.configuration_vqvae import VQVAEConfig
     from e3d2_hf.models.modeling_policy import E3D2PolicyModel
+    from e3d2_hf.models.modeling_vqvae import E3D2VQVAE
 
 logger = logging.getLogger(__name__)
 
@@ -117,23 +123,27 @@ class HeldOutEvaluation:
     ):
         self.pieces, self.ground_truth, self.learned_reward = pieces, ground_truth, learned_reward
         self.batch_size, self.do_sample, self.temperature, self.top_k, self.seed = batch_size, do_sample, temperature, top_k, seed
+        self.warnings: list[str] = []  # the metrics' warnings so far, each once
 
     def __len__(self) -> int:
         return len(self.pieces)
 
     @torch.no_grad()
-    def dance(self, policy: E3D2PolicyModel, reference_policy: E3D2PolicyModel | None = None) -> HeldOutDances:
-        """The policy's dances to every piece, with their learned returns and their exact per-step KL to `reference_policy`."""
+    def dance(self, policy: E3D2PolicyModel, reference_policy: E3D2PolicyModel | None = None, noise_level: float = 0.0) -> HeldOutDances:
+        """The policy's dances to every piece, with their learned returns and their exact per-step KL to `reference_policy`.
+
+        `noise_level`: stage 2's eps, each code replaced by a uniform one with that probability (1: the random floor).
+        """
         pieces, device = self.pieces, policy.device
         generator = torch.Generator(device=device).manual_seed(seed_of(self.seed, -2))  # the same random numbers for every policy
         returns, kls, clips = [], [], {}
         for rows in pieces.batches(self.batch_size):
             upper, lower, music, steps = pieces.dance(
-                policy, rows, do_sample=self.do_sample, temperature=self.temperature, top_k=self.top_k, generator=generator
-            )
+                policy, rows, do_sample=self.do_sample, temperature=self.temperature, top_k=self.top_k, noise_level=noise_level,
+                generator=generator,
+            )  # fmt: skip
             if self.learned_reward is not None:
-                episodes = Episodes(upper, lower, music, torch.zeros(0))
-                returns.append(self.learned_reward.returns(episodes, steps=torch.as_tensor(steps)).cpu())
+                returns.append(self._learned_returns(upper, lower, music, steps))
             if reference_policy is not None:
                 mask = torch.arange(1, upper.shape[1], device=device)[None] < torch.as_tensor(steps, device=device)[:, None]
                 kls.append(self.exact_kl(policy, reference_policy, upper, lower, music, mask).cpu())
@@ -144,6 +154,25 @@ class HeldOutEvaluation:
             learned_returns=torch.cat(returns) if returns else None,
             kl=float(torch.cat(kls).sum() / float((pieces.steps - 1).sum())) if kls else None,
         )
+
+    def reconstruct(self, vqvae: E3D2VQVAE) -> HeldOutDances:
+        """The ground truth's own pose codes decoded (from its first root, cut as the policies' dances are) and their learned returns."""
+        return self.decode_codes(vqvae, self.pieces.data_upper, self.pieces.data_lower)
+
+    @torch.no_grad()
+    def decode_codes(self, vqvae: E3D2VQVAE, upper_codes: torch.Tensor, lower_codes: torch.Tensor) -> HeldOutDances:
+        """Dances given as pose codes, one sequence (N, >= S) per piece in the pieces' order, decoded and scored by the learned reward."""
+        pieces, returns, clips = self.pieces, [], {}
+        for rows in pieces.batches(self.batch_size):
+            steps = pieces.steps[rows]
+            upper, lower = (torch.as_tensor(codes)[rows, : int(steps.max())] for codes in (upper_codes, lower_codes))
+            if self.learned_reward is not None:
+                returns.append(self._learned_returns(upper, lower, pieces.music_features[rows, : int(steps.max())], steps))
+            clips.update(pieces.joints(vqvae, rows, upper.to(vqvae.device), lower.to(vqvae.device)))
+        return HeldOutDances(clips=clips, learned_returns=torch.cat(returns) if returns else None, kl=None)
+
+    def _learned_returns(self, upper: torch.Tensor, lower: torch.Tensor, music: torch.Tensor, steps: np.ndarray) -> torch.Tensor:
+        return self.learned_reward.returns(Episodes(upper, lower, music, torch.zeros(0)), steps=torch.as_tensor(steps)).cpu()
 
     def exact_kl(
         self,
@@ -164,14 +193,28 @@ class HeldOutEvaluation:
             total += categorical_kl(log_p, log_q)
         return (total * mask).sum(-1)
 
-    def scores(self, clips: dict[str, np.ndarray], what: str, log_level: int = logging.WARNING) -> dict[str, float | None]:
-        """The paper's metrics of `clips` against the ground truth; their warnings (about the data, not errors) logged once each."""
-        beats = {name: self.pieces.music_beats[name] for name in clips}
+    def scores(
+        self,
+        clips: dict[str, np.ndarray],
+        what: str,
+        log_level: int = logging.WARNING,
+        intervals: int = 0,
+        piece_of: dict[str, str] | None = None,
+        keep_draws: bool = False,
+    ) -> dict[str, Any]:
+        """The paper's metrics of `clips` against the ground truth (with "ci95" from `intervals` bootstrap
+        draws of the pieces, when > 0); their warnings (about the data, not errors) logged once each and
+        kept in `warnings`. A clip is named after its piece, or `piece_of` names the piece of each clip.
+        With `keep_draws`, "draws" holds the bootstrap draws' values: every call draws the pieces alike."""
+        beats = {name: self.pieces.music_beats[piece_of[name] if piece_of else name] for name in clips}
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            scores = evaluate_dances(clips, self.ground_truth.features, beats)
+            scores = evaluate_dances(
+                clips, self.ground_truth.features, beats, intervals=intervals, seed=seed_of(self.seed, -3), keep_draws=keep_draws
+            )
         for message in dict.fromkeys(str(warning.message) for warning in caught):
             logger.log(log_level, "%s: %s", what, message)
+            self.warnings.append(f"{what}: {message}")
         return scores
 
     def evaluate(self, policy: E3D2PolicyModel, reference_policy: E3D2PolicyModel) -> dict[str, Any]:

@@ -29,10 +29,14 @@ from e3d2_hf.data.synthetic.keys import (
     rotate_xz,
 )
 from e3d2_hf.data.synthetic.moves import LOWER_MOVES, UPPER_MOVES
-from e3d2_hf.data.synthetic.pose import FLOOR_CLEARANCE, FOOT_JOINTS, solve_pose
+from e3d2_hf.data.synthetic.pose import FLOOR_CLEARANCE, FOOT_JOINTS, add_capture_noise, solve_pose
 from e3d2_hf.motion.skeleton import forward_kinematics
 
 FPS = 60
+# Frames a chest pop takes, the torso's fastest move (popping's hits). The reference's `move` relation
+# between belly and chest (manual features 4, 5) holds only on frames where the belly -> chest vector
+# turns by more than about 0.2 rad (12 rad/s at 60 fps); any slower dance leaves both at 0 everywhere.
+SNAP_FRAMES = 2
 
 
 def markov_chain(genre: Genre, moves: dict[str, float]) -> tuple[list[str], np.ndarray]:
@@ -151,6 +155,10 @@ def interpolate_keys(
     progress = _ease(phase, min(1.0, genre.hit_width * dancer.sharpness))[:, None]
     values = keys[index] + progress * (keys[index + 1] - keys[index])
     channels = {name: values[:, sl] for name, sl in CHANNELS.items()}
+    # a pop snaps: the chest arrives at its next key pose in the last SNAP_FRAMES frames before the beat
+    snap = np.clip((phase - 1.0) * beat_period_frames / SNAP_FRAMES + 1.0, 0.0, 1.0)
+    pop = keys[:, CHANNELS["pop"]]
+    channels["pop"] = pop[index] + (snap * snap * (3 - 2 * snap))[:, None] * (pop[index + 1] - pop[index])
     # a foot coming down lands before the other foot leaves the floor: stepping, not hopping
     for side in "lr":
         start, end = keys[index, CHANNELS[f"lift_{side}"]][:, 0], keys[index + 1, CHANNELS[f"lift_{side}"]][:, 0]
@@ -188,7 +196,7 @@ def choreograph(
     poses, transl, air = solve_pose(channels)
     posture_joints = [3, 6, 9, 12, 13, 14, 15, 16, 17]  # the dancer's own carriage of spine, head and shoulders
     poses[:, posture_joints] += rng.normal(0.0, 0.02, size=(1, len(posture_joints), 3))
-    poses = poses.reshape(frames, 72).astype(np.float32)
+    poses = add_capture_noise(poses, rng).reshape(frames, 72).astype(np.float32)
     joints = forward_kinematics(poses, transl.astype(np.float32))
     lowest = joints[:, FOOT_JOINTS, 1].min(axis=1)
     transl[:, 1] += FLOOR_CLEARANCE + air - lowest

@@ -3,7 +3,8 @@
 `generate_synthetic_aistpp` writes `motions/<sequence>.pkl`, `splits/crossmodal_{train,val,test}.txt`,
 `ignore_list.txt` and `wavs/<music_id>.wav` exactly as the AIST++ download lays them out, so the real
 reader path runs on it. Names follow AIST++ (`gBR_sBM_cAll_d04_mBR0_ch01`: genre BR, dancer 04,
-music mBR0). As in AIST++'s cross-modal split, validation and test music is never danced to in training.
+music mBR0). As in AIST++'s cross-modal split, validation and test music is never danced to in training,
+and each held-out piece is danced once.
 """
 
 from __future__ import annotations
@@ -36,72 +37,72 @@ class PiecePlan:
     seconds: float
 
 
-def _plan_pieces(num_sequences: int, rng: np.random.Generator, seconds: tuple[float, float]) -> list[PiecePlan]:
-    """About two dances per piece of music (AIST++ has several dancers per piece), genres in turn."""
-    num_pieces = max(3, int(math.ceil(num_sequences / 2)))
-    first_genre = int(rng.integers(len(GENRES)))
+def _plan_pieces(count: int, rng: np.random.Generator, seconds: tuple[float, float], first_genre: int, first_index: int) -> list[PiecePlan]:
+    """`count` pieces, genres in turn from `first_genre`; piece `first_index + i` is named after its genre and number."""
     pieces = []
-    for piece in range(num_pieces):
+    for piece in range(first_index, first_index + count):
         genre = GENRES[(first_genre + piece) % len(GENRES)]
         music_id = f"m{genre.code}{piece // len(GENRES)}"
         pieces.append(PiecePlan(genre, music_id, float(rng.uniform(*genre.tempo)), float(rng.uniform(*seconds))))
     return pieces
 
 
-def _split_music(piece_sizes: dict[str, int], num_sequences: int, rng: np.random.Generator) -> dict[str, str]:
-    """Whole pieces to splits (cross-modal: held-out music is never trained on), ~80/10/10 of sequences,
-    at least one sequence in each split."""
-    order = [str(music_id) for music_id in rng.permutation(sorted(piece_sizes))]
-    target = max(1, round(0.1 * num_sequences))
-    split_of_music: dict[str, str] = {}
-    counts = {"val": 0, "test": 0}
-    for music_id in order:
-        open_splits = [split for split in ("val", "test") if counts[split] < target]
-        remaining_train = sum(piece_sizes[m] for m in order if m not in split_of_music) - piece_sizes[music_id]
-        if open_splits and remaining_train >= 1:
-            split = min(open_splits, key=counts.__getitem__)
-            counts[split] += piece_sizes[music_id]
-            split_of_music[music_id] = split
-        else:
-            split_of_music[music_id] = "train"
-    return split_of_music
+def _check_seconds(seconds: tuple[float, float], what: str) -> None:
+    if not 0 < seconds[0] <= seconds[1]:
+        raise ValueError(f"{what} must be an increasing pair of positive lengths, got {seconds}")
 
 
 def generate_synthetic_aistpp(
-    out_dir: str | os.PathLike, num_sequences: int, seed: int = 0, seconds: tuple[float, float] = (8.0, 16.0)
+    out_dir: str | os.PathLike,
+    num_sequences: int,
+    seed: int = 0,
+    seconds: tuple[float, float] = (8.0, 16.0),
+    heldout_pieces: int | None = None,
+    heldout_seconds: tuple[float, float] | None = None,
 ) -> Path:
     """Write `num_sequences` paired dances and music in the AIST++ layout into `out_dir` (created if
     absent; an existing folder should be empty); returns `out_dir`. Deterministic given `seed`.
 
-    Lengths of the pieces are drawn from `seconds`; each dance is as long as its music.
-    Also writes `synthetic_info.json` (genre, tempo and length of each piece; moves of each dance).
+    `heldout_pieces` pieces of music (default: a fifth of the sequences, at least 2) are held out,
+    each danced once as in AIST++'s cross-modal val and test splits, alternately val and test, their
+    lengths drawn from `heldout_seconds` (default `seconds`). The other sequences dance about two to
+    each training piece (AIST++ has several dancers per piece), lengths drawn from `seconds`; each
+    dance is as long as its music. Also writes `synthetic_info.json` (genre, tempo, length and split
+    of each piece; moves of each dance).
     """
-    if num_sequences < 3:
-        raise ValueError(f"need at least 3 sequences (one per split), got {num_sequences}")
-    if not 0 < seconds[0] <= seconds[1]:
-        raise ValueError(f"seconds must be an increasing pair of positive lengths, got {seconds}")
+    heldout_pieces = max(2, round(0.2 * num_sequences)) if heldout_pieces is None else heldout_pieces
+    if heldout_pieces < 2 or num_sequences < heldout_pieces + 1:
+        raise ValueError(
+            f"need at least 2 held-out pieces (one val, one test) and a training sequence: at least 3 sequences, "
+            f"got {num_sequences} sequences with {heldout_pieces} held out"
+        )
+    _check_seconds(seconds, "seconds")
+    _check_seconds(heldout_seconds or seconds, "heldout_seconds")
     out = Path(out_dir)
     for folder in ("motions", "splits", "wavs"):
         (out / folder).mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    pieces = _plan_pieces(num_sequences, rng, seconds)
+    first_genre = int(rng.integers(len(GENRES)))
+    training_sequences = num_sequences - heldout_pieces
+    training = _plan_pieces(math.ceil(training_sequences / 2), rng, seconds, first_genre, 0)
+    heldout = _plan_pieces(heldout_pieces, rng, heldout_seconds or seconds, first_genre, len(training))
+    pieces = training + heldout
+    split_of_music = {piece.music_id: "train" for piece in training}
+    split_of_music.update({piece.music_id: ("val", "test")[index % 2] for index, piece in enumerate(heldout)})
     beats_of = {}
     for index, piece in enumerate(pieces):
         audio, beats = compose_music(piece.genre, piece.bpm, piece.seconds, np.random.default_rng([seed, 1, index]))
         soundfile.write(out / "wavs" / f"{piece.music_id}.wav", audio, SAMPLE_RATE, subtype="PCM_16")
         beats_of[piece.music_id] = beats
     dancers = {}  # three dancers per genre, each with their own style, as AIST++ has its own dancers per genre
-    sizes = {piece.music_id: 0 for piece in pieces}
     sequences = []
-    for index in range(num_sequences):
-        piece = pieces[index % len(pieces)]
-        sizes[piece.music_id] += 1
+    danced = [training[index % len(training)] for index in range(training_sequences)] + heldout
+    for index, piece in enumerate(danced):
         dancer_number = 3 * GENRES.index(piece.genre) + (index // len(pieces) + index) % 3 + 1
         if dancer_number not in dancers:
             dancers[dancer_number] = make_dancer(np.random.default_rng([seed, 2, dancer_number]))
         name = f"g{piece.genre.code}_sBM_cAll_d{dancer_number:02d}_{piece.music_id}_ch{index + 1:02d}"
         sequences.append((name, piece, dancers[dancer_number]))
-    split_of_music = _split_music(sizes, num_sequences, rng)
     splits: dict[str, list[str]] = {"train": [], "val": [], "test": []}
     dances: dict[str, dict] = {}
     for index, (name, piece, dancer) in enumerate(sequences):

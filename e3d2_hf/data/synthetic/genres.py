@@ -55,7 +55,7 @@ GENRES: tuple[Genre, ...] = (
         snare_sound="snare", hat_sound="hat", bass="R.....R.-.5..R..", bass_harmonics=(1.0, 0.5, 0.3, 0.2),
         chords="x.........x.....", chord_harmonics=(1.0, 0.4, 0.2), chord_decay=4.0, minor=True,
         progressions=((0, 5, 6, 4), (0, 3, 4, 0), (0, 6, 5, 4)), sevenths=False, fills=True,
-        lower_moves={"bounce": 2, "kick": 2, "jump": 1.5, "squat": 1.5, "lunge": 1, "step_touch": 1, "turn": 0.7, "rock": 1},
+        lower_moves={"bounce": 2, "kick": 2, "jump": 1.5, "squat": 1.5, "lunge": 1, "step_touch": 1, "turn": 0.7, "rock": 1, "drop": 2},
         upper_moves={"pump": 2, "punch": 2, "swing": 1, "point": 1, "arm_wave": 1},
         amplitude=1.1, hit_width=0.7, bounce=0.025, bounce_on_beat=True, nod=0.18, chest=0.0, crouch=0.03, lean=0.2, stance=1.4,
     ),  # fmt: skip
@@ -65,8 +65,8 @@ GENRES: tuple[Genre, ...] = (
         snare_sound="clap", hat_sound="hat", bass="R.R.R.R.5.5.O.O.", bass_harmonics=(1.0, 0.0, 0.33, 0.0, 0.2),
         chords="x-------x-------", chord_harmonics=(1.0, 0.5, 0.3, 0.2), chord_decay=1.0, minor=False,
         progressions=((0, 4, 5, 3), (0, 5, 3, 4), (5, 3, 0, 4)), sevenths=False, fills=True,
-        lower_moves={"step_touch": 2, "rock": 2, "sway": 1, "heel_tap": 1.5, "bounce": 1, "twist": 1},
-        upper_moves={"chest_pop": 3, "shrug": 2, "arm_wave": 2, "punch": 1, "point": 1},
+        lower_moves={"step_touch": 2, "rock": 2, "sway": 1, "heel_tap": 1.5, "bounce": 1, "twist": 1, "body_roll": 1.5},
+        upper_moves={"chest_pop": 2, "pop": 3, "shrug": 2, "arm_wave": 2, "punch": 1, "point": 1},
         amplitude=0.9, hit_width=0.35, bounce=0.01, bounce_on_beat=False, nod=0.08, chest=0.12, crouch=0.0, lean=-0.03, stance=1.0,
     ),  # fmt: skip
     Genre(
@@ -76,7 +76,7 @@ GENRES: tuple[Genre, ...] = (
         chords="....x.....x.x...", chord_harmonics=(1.0, 0.7, 0.5, 0.3), chord_decay=9.0, minor=False,
         progressions=((0, 3, 0, 4), (0, 0, 3, 3), (1, 4, 0, 0)), sevenths=True, fills=True,
         lower_moves={"kick": 2, "heel_tap": 2, "step_touch": 1, "squat": 1, "jump": 1, "march": 1},
-        upper_moves={"lock": 3, "point": 3, "clap": 2, "pump": 1},
+        upper_moves={"lock": 3, "point": 3, "clap": 2, "pump": 1, "pop": 1.5},
         amplitude=1.0, hit_width=0.45, bounce=0.015, bounce_on_beat=True, nod=0.1, chest=0.05, crouch=0.015, lean=0.1, stance=1.2,
     ),  # fmt: skip
     Genre(
@@ -95,7 +95,7 @@ GENRES: tuple[Genre, ...] = (
         snare_sound="clap", hat_sound="hat", bass="..R...R...O...R.", bass_harmonics=(1.0, 0.2, 0.1),
         chords="x.....x.....x...", chord_harmonics=(1.0, 0.0, 0.5, 0.0, 0.3, 0.0, 0.2), chord_decay=6.0, minor=True,
         progressions=((0, 0, 5, 6), (0, 3, 0, 4), (0, 6, 5, 6)), sevenths=True, fills=False,
-        lower_moves={"march": 2, "bounce": 2, "shuffle": 2, "step_touch": 2, "travel": 1, "twist": 1},
+        lower_moves={"march": 2, "bounce": 2, "shuffle": 2, "step_touch": 2, "travel": 1, "twist": 1, "body_roll": 1},
         upper_moves={"swing": 3, "clap": 2, "roll": 1, "pump": 1},
         amplitude=1.0, hit_width=0.8, bounce=0.03, bounce_on_beat=True, nod=0.12, chest=0.03, crouch=0.02, lean=0.12, stance=1.0,
     ),  # fmt: skip

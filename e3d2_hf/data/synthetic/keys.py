@@ -20,7 +20,7 @@ _CHANNEL_SIZES = (
     ("shift", 2), ("drop", 1), ("tilt", 1), ("roll", 1), ("twist", 1), ("facing", 1),
     ("foot_l", 2), ("foot_r", 2), ("lift_l", 1), ("lift_r", 1), ("yaw_l", 1), ("yaw_r", 1), ("pitch_l", 1), ("pitch_r", 1),
     ("spine", 3), ("head", 3), ("arm_l", 2), ("arm_r", 2), ("armtwist_l", 1), ("armtwist_r", 1),
-    ("elbow_l", 1), ("elbow_r", 1), ("shrug_l", 1), ("shrug_r", 1),
+    ("elbow_l", 1), ("elbow_r", 1), ("shrug_l", 1), ("shrug_r", 1), ("pop", 1),
 )  # fmt: skip
 CHANNELS: dict[str, slice] = {}
 _offset = 0

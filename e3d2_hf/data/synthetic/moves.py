@@ -157,6 +157,31 @@ def _turn(keys: Keys, rng: np.random.Generator) -> Move:
     return Move(keys, turn=turn, whole_body=True)
 
 
+def _drop(keys: Keys, rng: np.random.Generator) -> Move:
+    """Breaking's drop: the torso snaps down flat over bent knees, both hands to the floor, then the dancer rises."""
+    w, depth = keys.stance * 2.0, rng.uniform(0.2, 0.28)
+    feet = {"foot_l": (w, 0.0), "foot_r": (-w, 0.0), "yaw_l": 0.45, "yaw_r": -0.45}
+    low = {**feet, "drop": depth, "tilt": rng.uniform(0.55, 0.7), "spine": (0.75, 0.0, 0.0), "shift": (0.0, -0.1),
+           "head": (-0.4, 0.0, 0.0), "arm_l": arm_at(15, 90), "arm_r": arm_at(15, 90), "elbow_l": 0.2, "elbow_r": 0.2}  # fmt: skip
+    keys.set(0, **feet, drop=0.06, tilt=0.12, arm_l=arm_at(-40, 40), arm_r=arm_at(-40, 40), elbow_l=0.8, elbow_r=0.8)
+    keys.set(1, **low)
+    keys.set(2, **low | {"drop": depth * 0.9, "tilt": low["tilt"] * 0.95})  # hands on the floor
+    keys.set(3, **feet, drop=0.08, tilt=0.2, spine=(0.25, 0.0, 0.0), arm_l=arm_at(-50, 30), arm_r=arm_at(-50, 30), elbow_l=0.6, elbow_r=0.6)
+    return Move(keys, whole_body=True)
+
+
+def _body_roll(keys: Keys, rng: np.random.Generator) -> Move:
+    """A body roll: the chest leads forward, then the hips push forward while the chest leans back."""
+    size = rng.uniform(0.8, 1.1)
+    for beat in range(4):
+        if beat % 2 == 0:
+            keys.set(beat, spine=(0.3 * size, 0.0, 0.0), tilt=0.1 * size, shift=(0.0, -0.05 * size), drop=0.04, head=(0.1, 0.0, 0.0))
+        else:
+            keys.set(beat, spine=(-0.3 * size, 0.0, 0.0), tilt=-0.28 * size, shift=(0.0, 0.12 * size), drop=0.08, head=(-0.15, 0.0, 0.0))
+        keys.set(beat, arm_l=arm_at(-55, 35 if beat % 2 else 10), arm_r=arm_at(-55, 35 if beat % 2 else 10), elbow_l=1.0, elbow_r=1.0)
+    return Move(keys, whole_body=True)
+
+
 # Upper-body moves.
 def _arm_wave(keys: Keys, rng: np.random.Generator) -> Move:
     high, low = rng.uniform(40, 80), rng.uniform(-50, -20)
@@ -239,6 +264,16 @@ def _chest_pop(keys: Keys, rng: np.random.Generator) -> Move:
     return Move(keys)
 
 
+def _pop(keys: Keys, rng: np.random.Generator) -> Move:
+    """Popping's hits: the chest pops forward on the beat in a flash (SNAP_FRAMES) and back on the next, arms in a frame."""
+    size = rng.uniform(0.4, 0.5)
+    for beat in range(4):
+        hit = beat % 2 == 0
+        keys.set(beat, pop=size * hit, arm_l=arm_at(-20, 50), arm_r=arm_at(-20, 50), elbow_l=1.5 + 0.2 * hit, elbow_r=1.5 + 0.2 * hit,
+                 head=(-0.1 * hit, 0.0, 0.0))  # fmt: skip
+    return Move(keys)
+
+
 def _shrug(keys: Keys, rng: np.random.Generator) -> Move:
     for beat in range(4):
         left = beat % 2 == 0
@@ -279,9 +314,9 @@ def _arms_out(keys: Keys, rng: np.random.Generator) -> Move:
 LOWER_MOVES: dict[str, Callable[[Keys, np.random.Generator], Move]] = {
     "step_touch": _step_touch, "march": _march, "bounce": _bounce, "squat": _squat, "jump": _jump, "kick": _kick,
     "lunge": _lunge, "sway": _sway, "twist": _twist, "rock": _rock, "heel_tap": _heel_tap, "shuffle": _shuffle,
-    "travel": _travel, "turn": _turn,
+    "travel": _travel, "turn": _turn, "drop": _drop, "body_roll": _body_roll,
 }  # fmt: skip
 UPPER_MOVES: dict[str, Callable[[Keys, np.random.Generator], Move]] = {
     "arm_wave": _arm_wave, "pump": _pump, "punch": _punch, "clap": _clap, "point": _point, "reach": _reach,
-    "lock": _lock, "chest_pop": _chest_pop, "shrug": _shrug, "roll": _roll, "swing": _arm_swing, "arms_out": _arms_out,
+    "lock": _lock, "chest_pop": _chest_pop, "pop": _pop, "shrug": _shrug, "roll": _roll, "swing": _arm_swing, "arms_out": _arms_out,
 }  # fmt: skip

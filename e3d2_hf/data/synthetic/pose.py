@@ -16,6 +16,12 @@ from e3d2_hf.motion.skeleton import rest_joints
 # the foot) sits about 2.5 cm above the sole of the mesh.
 FLOOR_CLEARANCE = 0.025
 FOOT_JOINTS = (7, 8, 10, 11)  # ankles and feet
+# Capture noise: real capture jitters from frame to frame. CAPTURE_JITTER is what
+# `e3d2_hf.motion.capture.jitter` measures on the Bandai-Namco dance and walk (0.25 mm per axis);
+# white noise of ROTATION_JITTER radians on every joint's rotation gives the synthetic dances the same.
+CAPTURE_JITTER = 0.25e-3
+ROTATION_JITTER = 0.34e-3
+KNEES, ELBOWS = (4, 5), (18, 19)
 
 # The male SMPL body at rest (the body AIST++ uses): the bones the IK bends and the pelvis height it keeps.
 _REST = rest_joints("male")
@@ -102,6 +108,9 @@ def solve_pose(channels: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray,
     bend, side_bend, turn = channels["spine"].T
     for joint in (3, 6, 9):  # the spine bends over its three joints
         poses[:, joint] = np.stack([bend, turn, -side_bend], -1) / 3
+    # a chest pop isolates the chest: forward from the belly, the upper back turned back so the neck stays upright
+    poses[:, 3, 0] += channels["pop"][:, 0]
+    poses[:, 9, 0] -= channels["pop"][:, 0]
     nod, tilt_head, turn_head = channels["head"].T
     for joint in (12, 15):
         poses[:, joint] = np.stack([nod, turn_head, -tilt_head], -1) / 2
@@ -115,3 +124,16 @@ def solve_pose(channels: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray,
         poses[:, shoulder] = matrix_to_axis_angle(axis_angle_to_matrix(minimal_rotation_axis_angle(rest, direction)) @ roll_arm)
         poses[:, elbow, 1] = -sign * np.clip(channels[f"elbow_{side}"][:, 0], 0.0, 2.5)  # elbows bend one way
     return poses, pelvis - _REST[0], channels["air"]
+
+
+def add_capture_noise(poses: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """SMPL poses (T, 24, 3) with white rotation noise; knees and elbows stay hinges bending their own way."""
+    noisy = poses + rng.normal(0.0, ROTATION_JITTER, poses.shape)
+    knees, elbows = list(KNEES), list(ELBOWS)
+    noisy[:, knees, 1:] = poses[:, knees, 1:]
+    noisy[:, knees, 0] = np.maximum(noisy[:, knees, 0], 0.5 * poses[:, knees, 0])
+    noisy[:, elbows, 0] = poses[:, elbows, 0]
+    noisy[:, elbows, 2] = poses[:, elbows, 2]
+    noisy[:, ELBOWS[0], 1] = np.clip(noisy[:, ELBOWS[0], 1], -2.5, 0.0)
+    noisy[:, ELBOWS[1], 1] = np.clip(noisy[:, ELBOWS[1], 1], 0.0, 2.5)
+    return noisy
