@@ -2,8 +2,9 @@
 
 Protocol (method.md, metrics.md): one dance per held-out piece (paper: the 40 AIST++ val + test
 pieces), starting from the pose code of its ground-truth dance's first 8 frames and cut to the
-first `eval_seconds` (paper: 20 s); sampled with a generator seeded by `seed_of(seed, -2)`, so every
-policy compared faces the same random numbers. Each policy's dances get
+first `eval_seconds` (paper: 20 s); decoded greedily (Table 1, as Bailando's test) or sampled with a
+generator seeded by `seed_of(seed, -2)` (PPO's evaluation), so every policy compared faces the same
+random numbers. Each policy's dances get
 
 - the learned return (the reward model's, paper Eq. 4), when a reward model is given;
 - the exact per-step KL to a reference policy (PPO: pi_BC), when one is given;
