@@ -67,6 +67,20 @@ def test_encode_decode_shapes_and_root_integration(batch):
     assert output.reconstruction.shape == batch.shape and output.loss.ndim == 0
 
 
+def test_root_velocity_decoder_speaks_metres_per_second(batch):
+    """A decoder that outputs 1.5 m/s along x moves the decoded root 1.5 / fps metres per frame; the root loss is in m/s."""
+    model = E3D2VQVAE(VQVAEConfig(**TINY_MODEL)).eval()
+    last = model.root_velocity_decoder.layers[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([1.5, 0.0, 0.0]))
+    joints = model.decode(*model.encode(batch), root_start=torch.zeros(4, 3))
+    steps = joints[:, 1:, 0] - joints[:, :-1, 0]
+    torch.testing.assert_close(steps, torch.tensor([1.5 / 60.0, 0.0, 0.0]).expand_as(steps))
+    still = batch - batch[:, :, :1] + batch[:, :1, :1]  # a dance whose root never moves: loss = |1.5 m/s|/3 axes
+    torch.testing.assert_close(model(still, root_velocity_only=True).loss, torch.tensor(0.5))
+
+
 def test_bad_input_is_refused_clearly(batch):
     model = E3D2VQVAE(VQVAEConfig(**TINY_MODEL))
     with pytest.raises(E3D2Error, match="multiple of 8"):
@@ -301,4 +315,7 @@ def test_recipes_parse_into_the_training_config(recipe):
         assert (config.window, config.window_stride, config.per_device_train_batch_size) == (240, 40, 32)
         assert (config.learning_rate, config.adam_beta1, config.lr_decay_epochs, config.num_train_epochs) == (3e-5, 0.5, [100, 200], 500)
         assert (config.root_window_stride, config.root_per_device_train_batch_size, config.root_learning_rate) == (8, 8, 5e-5)
+        root = config.root_phase_arguments(Path(config.output_dir) / "root")  # Bailando configs/sep_vqvae_root.yaml
+        assert (root.learning_rate, root.adam_beta1, root.adam_beta2, root.lr_decay_epochs) == (5e-5, 0.9, 0.999, [100, 200])
+        assert (root.per_device_train_batch_size, root.num_train_epochs) == (8, 500)
         assert (config.channels, config.codebook_size, config.codebook_dim) == (512, 512, 512)

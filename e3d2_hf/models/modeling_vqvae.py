@@ -32,9 +32,12 @@ Root motion: Bailando's VQ-VAE never sees the root; a separate decoder predicts 
 per frame from the codes, trained as a second step on frozen codes (`forward(...,
 root_velocity_only=True)`, see `e3d2_hf.trainers.vqvae`). Here that decoder (same layout as a pose
 decoder, output 3) reads both halves' code vectors (Bailando's reads the lower half's only; the
-arms carry momentum too and it costs nothing). `decode` integrates it: root[0] = `root_start`
-(default: standing on the floor above the origin), root[t] = root[t-1] + velocity[t-1], so
-decoded dances travel.
+arms carry momentum too and it costs nothing). The decoder outputs metres per *second* and
+`predict_root_velocity` divides by `fps`: per-frame velocities are ~5 mm, and a decoder asked for
+them directly learned them ~4x too small (held-out R^2 0.04-0.1 per axis after the tiny recipe's
+root phase, against 0.22-0.39 in m/s; the ceiling's FID_k 134 -> 75). `decode` integrates it:
+root[0] = `root_start` (default: standing on the floor above the origin), root[t] = root[t-1] +
+velocity[t-1], so decoded dances travel.
 
 Inputs must have a multiple of 8 frames (`frames_per_code`); other lengths raise `E3D2Error`
 rather than being cropped silently (`crop_to_codes` crops explicitly).
@@ -268,9 +271,12 @@ class E3D2VQVAE(PreTrainedModel):
             raise E3D2Error(f"VQ-VAE: upper_codes {tuple(upper_codes.shape)} and lower_codes {tuple(lower_codes.shape)} must match and be non-empty")
 
     def predict_root_velocity(self, upper_vectors: torch.Tensor, lower_vectors: torch.Tensor) -> torch.Tensor:
-        """Per-frame root velocity (B, 8n, 3), metres per frame, from both halves' code vectors (B, n, d)."""
+        """Per-frame root velocity (B, 8n, 3), metres per frame, from both halves' code vectors (B, n, d).
+
+        The decoder itself speaks metres per second (targets of order 1, see the module docstring).
+        """
         latents = torch.cat((upper_vectors, lower_vectors), dim=-1).transpose(1, 2)
-        return self.root_velocity_decoder(latents).transpose(1, 2)
+        return self.root_velocity_decoder(latents).transpose(1, 2) / self.config.fps
 
     @torch.no_grad()
     def decode(self, upper_codes: torch.Tensor, lower_codes: torch.Tensor, root_start: torch.Tensor | None = None) -> torch.Tensor:
@@ -299,8 +305,9 @@ class E3D2VQVAE(PreTrainedModel):
 
         `root_velocity_only=False` trains the VQ-VAEs (the codebooks' EMA advances in training mode);
         `True` is Bailando's second step: the codes are found with the VQ-VAEs frozen (no gradient,
-        no codebook update) and only the root-velocity decoder gets a loss: L1 of the per-frame
-        velocity root[t+1] - root[t] plus L1 of its change (weighted like the pose acceleration term).
+        no codebook update) and only the root-velocity decoder gets a loss: L1 of the velocity
+        root[t+1] - root[t] plus L1 of its change (weighted like the pose acceleration term), both in
+        metres per second (the decoder's own unit).
         """
         self._check_joints(joints)
         joints = joints.to(self.dtype)
@@ -311,7 +318,8 @@ class E3D2VQVAE(PreTrainedModel):
                 upper_vectors, upper_codes = self.upper.quantize(self.upper.encode_latents(upper), update_codebook=False)
                 lower_vectors, lower_codes = self.lower.quantize(self.lower.encode_latents(lower), update_codebook=False)
             velocity = self.predict_root_velocity(upper_vectors.detach(), lower_vectors.detach())
-            predicted, target = velocity[:, :-1], joints[:, 1:, 0] - joints[:, :-1, 0]
+            fps = self.config.fps
+            predicted, target = velocity[:, :-1] * fps, (joints[:, 1:, 0] - joints[:, :-1, 0]) * fps
             change_loss = F.l1_loss(predicted.diff(dim=1), target.diff(dim=1))
             loss = F.l1_loss(predicted, target) + self.config.acceleration_loss_weight * change_loss
             output = VQVAEOutput(

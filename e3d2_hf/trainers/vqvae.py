@@ -7,8 +7,9 @@ Two phases, as Bailando trains them (../shared/docs/bailando-reference.md):
    `lr_decay_factor`: a step schedule `TrainingArguments` has no name for). The root-velocity
    decoder is frozen.
 2. **root**: the VQ-VAEs and codebooks frozen, the root-velocity decoder alone on windows every 8
-   frames, batch 8, lr 5e-5, 500 epochs (the `root_*` fields). Skipped when `root_num_train_epochs`
-   is 0 (decoded dances then stand still).
+   frames, batch 8, Adam lr 5e-5 betas (0.9, 0.999), lr x0.1 at epochs 100 and 200, 500 epochs
+   (the `root_*` fields; Bailando `configs/sep_vqvae_root.yaml`). Skipped when
+   `root_num_train_epochs` is 0 (decoded dances then stand still).
 
 Both run through `transformers.Trainer` (tensorboard logs, checkpoints) inside a hidden work
 folder `RUN/.vqvae.training/{pose,root}` (`e3d2_hf.trainers.base`, shared with behaviour cloning).
@@ -95,7 +96,12 @@ class VQVAETrainingConfig(BailandoTrainingArguments):
     )
     root_window_stride: int = field(default=8, metadata={"help": "Root phase: frames between window starts."})
     root_per_device_train_batch_size: int = field(default=8, metadata={"help": "Root phase: windows per batch and device."})
-    root_learning_rate: float = field(default=5e-5, metadata={"help": "Root phase: learning rate (constant)."})
+    root_learning_rate: float = field(default=5e-5, metadata={"help": "Root phase: learning rate."})
+    root_adam_beta1: float = field(default=0.9, metadata={"help": "Root phase: Adam beta1 (Bailando's root phase: 0.9; its pose phase 0.5)."})
+    root_adam_beta2: float = field(default=0.999, metadata={"help": "Root phase: Adam beta2."})
+    root_lr_decay_epochs: list[int] = field(
+        default_factory=lambda: [100, 200], metadata={"help": "Root phase: epochs at which the learning rate is multiplied by lr_decay_factor."}
+    )
     root_num_train_epochs: float = field(default=500.0, metadata={"help": "Root phase: epochs (0 skips the phase)."})
 
     # Bailando's pose-phase schedule.
@@ -108,6 +114,8 @@ class VQVAETrainingConfig(BailandoTrainingArguments):
             raise E3D2Error(f"vqvae: window must be a positive multiple of {frames_per_code} frames, got {self.window}")
         if self.window_stride < 1 or self.root_window_stride < 1 or self.root_per_device_train_batch_size < 1:
             raise E3D2Error("vqvae: window_stride, root_window_stride and root_per_device_train_batch_size must be positive")
+        if any(epoch < 1 for epoch in self.root_lr_decay_epochs):
+            raise E3D2Error(f"vqvae: root_lr_decay_epochs must be positive, got {self.root_lr_decay_epochs}")
         if self.root_num_train_epochs < 0:
             raise E3D2Error(f"vqvae: root_num_train_epochs must not be negative, got {self.root_num_train_epochs}")
         super().__post_init__()
@@ -117,12 +125,13 @@ class VQVAETrainingConfig(BailandoTrainingArguments):
         return VQVAEConfig(**{name: getattr(self, name) for name in MODEL_FIELDS})
 
     def root_phase_arguments(self, output_dir: Path) -> VQVAETrainingConfig:
-        """A copy for the root-velocity phase: its schedule, no step decay, checkpoints in `output_dir`."""
+        """A copy for the root-velocity phase: its optimiser and schedule, checkpoints in `output_dir`."""
         arguments = self.trainer_arguments(output_dir)
         arguments.learning_rate = self.root_learning_rate
+        arguments.adam_beta1, arguments.adam_beta2 = self.root_adam_beta1, self.root_adam_beta2
         arguments.per_device_train_batch_size = self.root_per_device_train_batch_size
         arguments.num_train_epochs = self.root_num_train_epochs
-        arguments.lr_decay_epochs = []
+        arguments.lr_decay_epochs = list(self.root_lr_decay_epochs)
         return arguments
 
 
@@ -135,6 +144,9 @@ CARD_KEYS = (
     "root_window_stride",
     "root_per_device_train_batch_size",
     "root_learning_rate",
+    "root_adam_beta1",
+    "root_adam_beta2",
+    "root_lr_decay_epochs",
     "root_num_train_epochs",
 )
 
@@ -317,7 +329,13 @@ def train_vqvae(config: VQVAETrainingConfig) -> Path:
     root_windows = training_windows(sequences["train"], config.window, config.root_window_stride, source)
     model_config = config.model_config()
     is_main = config.process_index == 0
-    root_phase = {name: getattr(config, name) for name in ("window", "window_stride", "root_window_stride", "root_per_device_train_batch_size", "root_learning_rate")}
+    root_phase = {
+        name: getattr(config, name)
+        for name in (
+            "window", "window_stride", "root_window_stride", "root_per_device_train_batch_size", "root_learning_rate",
+            "root_adam_beta1", "root_adam_beta2", "root_lr_decay_epochs",
+        )
+    }  # fmt: skip
     work_dir = prepare_work_dir(config, {**{name: getattr(model_config, name) for name in MODEL_FIELDS}, **root_phase})
 
     pose_model_dir = work_dir / "pose_model"
