@@ -2,9 +2,10 @@
 
     e3d2 pipeline recipes/tiny.yaml [--music song.mp3] [--force] [--stages prepare vqvae ...]
 
-prepare -> vqvae -> bc -> demos -> reward -> ppo -> eval -> dance. Each stage is the library function
-its `scripts/<stage>.py` calls, on the recipe's section (so a stage run here and one run by its script
-are the same). A stage whose output is already in the run folder, made with the same recipe section
+prepare -> vqvae -> bc -> demos -> reward -> ppo -> [ppo_beat] -> eval -> dance. Each stage is the
+library function its `scripts/<stage>.py` calls, on the recipe's section (so a stage run here and one
+run by its script are the same). ppo_beat, the paper's Table 2 ablation (PPO with the hand-designed
+beat reward into RUN/ppo_beat), runs only when the recipe has a `ppo_beat:` section. A stage whose output is already in the run folder, made with the same recipe section
 after the same upstream stages (its `stage_recipe.json`, `e3d2_hf.recipe.stage_change`), is skipped,
 so a re-run continues where the last one stopped; a stage whose section was edited runs again, and
 the run says why. Once a stage runs, every later one runs again (its inputs changed). `--force`
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from e3d2_hf.recipe import RunLayout, load_recipe, parse_recipe, record_stage, run_dir_of, stage_change
+from e3d2_hf.recipe import OPTIONAL_STAGES, RunLayout, load_recipe, parse_recipe, record_stage, run_dir_of, stage_change
 from e3d2_hf.trainers.ppo_curves import CURVES_FILE
 from e3d2_hf.utils import E3D2Error, atomic_file, existing_file, positive_float, run_lock
 
@@ -65,6 +66,7 @@ STAGES = (
     Stage("demos", "e3d2_hf.trainers.demos", "DemosConfig", "generate_demonstrations", "demos/summary.json", OVERWRITE),
     Stage("reward", "e3d2_hf.trainers.reward_model", "RewardTrainingConfig", "train_reward_model", "reward/diagnostics.json"),
     Stage("ppo", "e3d2_hf.trainers.ppo", "PPOConfig", "train_ppo", "ppo/summary.json", OVERWRITE),
+    Stage("ppo_beat", "e3d2_hf.trainers.ppo", "PPOConfig", "train_ppo", "ppo_beat/summary.json", OVERWRITE),
     Stage("eval", "e3d2_hf.evaluation.table_1", "EvalConfig", "evaluate_run", "eval/metrics.json"),
 )
 STAGE_NAMES = [stage.name for stage in STAGES] + ["dance"]
@@ -102,19 +104,24 @@ def run_pipeline(recipe: str, **options: Any) -> dict[str, Any]:
 
 
 def _run_pipeline(recipe: str, *, music: str | None = None, seconds: float | None = None, force: bool = False, stages: list[str] | None = None) -> dict[str, Any]:
-    run = RunLayout(run_dir_of(load_recipe(recipe)))
+    sections = load_recipe(recipe)
+    run = RunLayout(run_dir_of(sections))
     selected = stages or STAGE_NAMES
     unknown = sorted(set(selected) - set(STAGE_NAMES))
     if unknown:
         raise E3D2Error(f"pipeline: unknown stage(s) {unknown}; the stages are {STAGE_NAMES}")
+    missing = [name for name in OPTIONAL_STAGES if name in (stages or []) and name not in sections]
+    if missing:
+        raise E3D2Error(f"{recipe}: stage {missing[0]} asked for, but the recipe has no '{missing[0]}' section")
+    runnable = [stage for stage in STAGES if stage.name in selected and (stage.name not in OPTIONAL_STAGES or stage.name in sections)]
     music_path = Path(music) if music else (default_music() if "dance" in selected else None)
     if music_path is not None:
         existing_file(music_path, "music file")
     timings_file = run.timings
     timings: dict[str, float] = json.loads(timings_file.read_text()) if timings_file.is_file() and not force else {}
     redo = "--force" if force else None  # why every stage from here on runs again
-    total = len(selected)
-    for number, stage in enumerate([stage for stage in STAGES if stage.name in selected], start=1):
+    total = len(runnable) + ("dance" in selected)
+    for number, stage in enumerate(runnable, start=1):
         flags = list(stage.rerun_flags)  # a stage the pipeline runs replaces what an earlier, unfinished one left
         config = stage.parse(recipe, flags)
         done = (run.root / stage.done_marker).is_file()
