@@ -13,6 +13,9 @@ redoes them all. The last stage dances the BC and E3D2 policies side by side to 
 music (`--music`, by default a track of the `immich-memories-music` package, MIT) into
 RUN/eval/dance. At the end the paper's Table 1 for the run is printed with where the dance video
 and PPO's training curves are, and the wall time of every stage goes to RUN/pipeline.json.
+
+`run_seeds` (scripts/seeds.py) runs the pipeline of a recipe once per seed and writes mean +- std of
+Table 1 over the seeds.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from e3d2_hf.recipe import OPTIONAL_STAGES, RunLayout, load_recipe, parse_recipe, record_stage, run_dir_of, stage_change
 from e3d2_hf.trainers.ppo_curves import CURVES_FILE
@@ -175,6 +180,47 @@ def _report(run: RunLayout, video: Path | None) -> dict[str, Any] | None:
     return table
 
 
+SEEDS_FILE, SEEDS_TABLE = "seeds.json", "seeds.md"
+
+
+def seeds_dir_of(recipe: dict[str, Any]) -> Path:
+    """Where the seeds of a recipe keep their recipes and the aggregate: <runs_dir>/<run_name>_seeds."""
+    return Path(recipe.get("runs_dir", "runs")) / f"{recipe['run_name']}_seeds"
+
+
+def run_seeds(recipe: str, seeds: list[int], *, vary_data: bool = False) -> dict[str, Any]:
+    """The pipeline of `recipe` once per seed, each into its own run folder (`e3d2_hf.evaluation.seeds.seed_recipe`),
+    then mean +- std of every Table 1 metric over the seeds -> <runs_dir>/<run_name>_seeds/seeds.json and seeds.md.
+
+    Each seed's recipe is written to <run_name>_seeds/recipes/ and its pipeline skips what is done, so a
+    killed run continues; the closing dance is left out. Returns the aggregate.
+    """
+    from e3d2_hf.evaluation.seeds import aggregate_seeds, format_seeds, seed_recipe, seed_variation
+    from e3d2_hf.evaluation.table_1 import METRICS_FILE
+
+    if len(set(seeds)) != len(seeds) or not seeds:
+        raise E3D2Error(f"seeds: give distinct seeds, got {seeds}")
+    base = load_recipe(recipe)
+    out = seeds_dir_of(base)
+    metrics_files = {}
+    for seed in seeds:
+        derived = seed_recipe(base, seed, vary_data=vary_data, where=recipe)
+        path = out / "recipes" / f"{derived['run_name']}.yaml"
+        with atomic_file(path, "w") as handle:
+            handle.write(f"# {recipe} with seed {seed} (scripts/seeds.py)\n" + yaml.safe_dump(derived, sort_keys=False))
+        print(f"=== seed {seed}: {run_dir_of(derived)} ({path})", flush=True)
+        stages = [name for name in STAGE_NAMES if name != "dance" and (name not in OPTIONAL_STAGES or name in derived)]
+        run_pipeline(str(path), stages=stages)
+        metrics_files[seed] = RunLayout(run_dir_of(derived)).eval / METRICS_FILE
+    result = aggregate_seeds(metrics_files, seed_variation(base, vary_data))
+    with atomic_file(out / SEEDS_FILE, "w") as handle:
+        handle.write(json.dumps(result, indent=2) + "\n")
+    with atomic_file(out / SEEDS_TABLE, "w") as handle:
+        handle.write(format_seeds(result) + "\n")
+    print(f"\n{format_seeds(result)}\n\n-> {out / SEEDS_FILE}, {out / SEEDS_TABLE}")
+    return result
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("recipe", nargs="?", default="recipes/tiny.yaml", help="the run's recipe (default: recipes/tiny.yaml)")
     parser.add_argument("--music", default=None, help="music for the final dance (default: a track of immich-memories-music)")
@@ -188,4 +234,4 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["STAGES", "STAGE_NAMES", "default_music", "run_pipeline"]
+__all__ = ["STAGES", "STAGE_NAMES", "default_music", "run_pipeline", "run_seeds", "seeds_dir_of"]
