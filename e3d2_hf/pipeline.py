@@ -2,9 +2,10 @@
 
     e3d2 pipeline recipes/tiny.yaml [--music song.mp3] [--force] [--stages prepare vqvae ...]
 
-prepare -> vqvae -> bc -> demos -> reward -> ppo -> eval -> dance. Each stage is the library function
-its `scripts/<stage>.py` calls, on the recipe's section (so a stage run here and one run by its script
-are the same). A stage whose output is already in the run folder, made with the same recipe section
+prepare -> vqvae -> bc -> demos -> reward -> ppo -> [ppo_beat] -> eval -> dance. Each stage is the
+library function its `scripts/<stage>.py` calls, on the recipe's section (so a stage run here and one
+run by its script are the same). ppo_beat, the paper's Table 2 ablation (PPO with the hand-designed
+beat reward into RUN/ppo_beat), runs only when the recipe has a `ppo_beat:` section. A stage whose output is already in the run folder, made with the same recipe section
 after the same upstream stages (its `stage_recipe.json`, `e3d2_hf.recipe.stage_change`), is skipped,
 so a re-run continues where the last one stopped; a stage whose section was edited runs again, and
 the run says why. Once a stage runs, every later one runs again (its inputs changed). `--force`
@@ -12,6 +13,9 @@ redoes them all. The last stage dances the BC and E3D2 policies side by side to 
 music (`--music`, by default a track of the `immich-memories-music` package, MIT) into
 RUN/eval/dance. At the end the paper's Table 1 for the run is printed with where the dance video
 and PPO's training curves are, and the wall time of every stage goes to RUN/pipeline.json.
+
+`run_seeds` (scripts/seeds.py) runs the pipeline of a recipe once per seed and writes mean +- std of
+Table 1 over the seeds.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from e3d2_hf.recipe import RunLayout, load_recipe, parse_recipe, record_stage, run_dir_of, stage_change
+import yaml
+
+from e3d2_hf.recipe import OPTIONAL_STAGES, RunLayout, load_recipe, parse_recipe, record_stage, run_dir_of, stage_change
 from e3d2_hf.trainers.ppo_curves import CURVES_FILE
 from e3d2_hf.utils import E3D2Error, atomic_file, existing_file, positive_float, run_lock
 
@@ -65,6 +71,7 @@ STAGES = (
     Stage("demos", "e3d2_hf.trainers.demos", "DemosConfig", "generate_demonstrations", "demos/summary.json", OVERWRITE),
     Stage("reward", "e3d2_hf.trainers.reward_model", "RewardTrainingConfig", "train_reward_model", "reward/diagnostics.json"),
     Stage("ppo", "e3d2_hf.trainers.ppo", "PPOConfig", "train_ppo", "ppo/summary.json", OVERWRITE),
+    Stage("ppo_beat", "e3d2_hf.trainers.ppo", "PPOConfig", "train_ppo", "ppo_beat/summary.json", OVERWRITE),
     Stage("eval", "e3d2_hf.evaluation.table_1", "EvalConfig", "evaluate_run", "eval/metrics.json"),
 )
 STAGE_NAMES = [stage.name for stage in STAGES] + ["dance"]
@@ -102,19 +109,24 @@ def run_pipeline(recipe: str, **options: Any) -> dict[str, Any]:
 
 
 def _run_pipeline(recipe: str, *, music: str | None = None, seconds: float | None = None, force: bool = False, stages: list[str] | None = None) -> dict[str, Any]:
-    run = RunLayout(run_dir_of(load_recipe(recipe)))
+    sections = load_recipe(recipe)
+    run = RunLayout(run_dir_of(sections))
     selected = stages or STAGE_NAMES
     unknown = sorted(set(selected) - set(STAGE_NAMES))
     if unknown:
         raise E3D2Error(f"pipeline: unknown stage(s) {unknown}; the stages are {STAGE_NAMES}")
+    missing = [name for name in OPTIONAL_STAGES if name in (stages or []) and name not in sections]
+    if missing:
+        raise E3D2Error(f"{recipe}: stage {missing[0]} asked for, but the recipe has no '{missing[0]}' section")
+    runnable = [stage for stage in STAGES if stage.name in selected and (stage.name not in OPTIONAL_STAGES or stage.name in sections)]
     music_path = Path(music) if music else (default_music() if "dance" in selected else None)
     if music_path is not None:
         existing_file(music_path, "music file")
     timings_file = run.timings
     timings: dict[str, float] = json.loads(timings_file.read_text()) if timings_file.is_file() and not force else {}
     redo = "--force" if force else None  # why every stage from here on runs again
-    total = len(selected)
-    for number, stage in enumerate([stage for stage in STAGES if stage.name in selected], start=1):
+    total = len(runnable) + ("dance" in selected)
+    for number, stage in enumerate(runnable, start=1):
         flags = list(stage.rerun_flags)  # a stage the pipeline runs replaces what an earlier, unfinished one left
         config = stage.parse(recipe, flags)
         done = (run.root / stage.done_marker).is_file()
@@ -168,6 +180,47 @@ def _report(run: RunLayout, video: Path | None) -> dict[str, Any] | None:
     return table
 
 
+SEEDS_FILE, SEEDS_TABLE = "seeds.json", "seeds.md"
+
+
+def seeds_dir_of(recipe: dict[str, Any]) -> Path:
+    """Where the seeds of a recipe keep their recipes and the aggregate: <runs_dir>/<run_name>_seeds."""
+    return Path(recipe.get("runs_dir", "runs")) / f"{recipe['run_name']}_seeds"
+
+
+def run_seeds(recipe: str, seeds: list[int], *, vary_data: bool = False) -> dict[str, Any]:
+    """The pipeline of `recipe` once per seed, each into its own run folder (`e3d2_hf.evaluation.seeds.seed_recipe`),
+    then mean +- std of every Table 1 metric over the seeds -> <runs_dir>/<run_name>_seeds/seeds.json and seeds.md.
+
+    Each seed's recipe is written to <run_name>_seeds/recipes/ and its pipeline skips what is done, so a
+    killed run continues; the closing dance is left out. Returns the aggregate.
+    """
+    from e3d2_hf.evaluation.seeds import aggregate_seeds, format_seeds, seed_recipe, seed_variation
+    from e3d2_hf.evaluation.table_1 import METRICS_FILE
+
+    if len(set(seeds)) != len(seeds) or not seeds:
+        raise E3D2Error(f"seeds: give distinct seeds, got {seeds}")
+    base = load_recipe(recipe)
+    out = seeds_dir_of(base)
+    metrics_files = {}
+    for seed in seeds:
+        derived = seed_recipe(base, seed, vary_data=vary_data, where=recipe)
+        path = out / "recipes" / f"{derived['run_name']}.yaml"
+        with atomic_file(path, "w") as handle:
+            handle.write(f"# {recipe} with seed {seed} (scripts/seeds.py)\n" + yaml.safe_dump(derived, sort_keys=False))
+        print(f"=== seed {seed}: {run_dir_of(derived)} ({path})", flush=True)
+        stages = [name for name in STAGE_NAMES if name != "dance" and (name not in OPTIONAL_STAGES or name in derived)]
+        run_pipeline(str(path), stages=stages)
+        metrics_files[seed] = RunLayout(run_dir_of(derived)).eval / METRICS_FILE
+    result = aggregate_seeds(metrics_files, seed_variation(base, vary_data))
+    with atomic_file(out / SEEDS_FILE, "w") as handle:
+        handle.write(json.dumps(result, indent=2) + "\n")
+    with atomic_file(out / SEEDS_TABLE, "w") as handle:
+        handle.write(format_seeds(result) + "\n")
+    print(f"\n{format_seeds(result)}\n\n-> {out / SEEDS_FILE}, {out / SEEDS_TABLE}")
+    return result
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("recipe", nargs="?", default="recipes/tiny.yaml", help="the run's recipe (default: recipes/tiny.yaml)")
     parser.add_argument("--music", default=None, help="music for the final dance (default: a track of immich-memories-music)")
@@ -181,4 +234,4 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["STAGES", "STAGE_NAMES", "default_music", "run_pipeline"]
+__all__ = ["STAGES", "STAGE_NAMES", "default_music", "run_pipeline", "run_seeds", "seeds_dir_of"]

@@ -13,10 +13,16 @@ vqvae:                  # fields of the stage's config dataclass
 and command-line flags replace the section's values (`transformers.HfArgumentParser` does the
 parsing). Unknown keys are rejected, naming the key, so a typo never silently falls back to a default.
 
+A derived section starts from another section's values (`DERIVED_SECTIONS`): `ppo_beat:` is the
+`ppo:` section with Bailando's hand-designed reward (the paper's Table 2 ablation), its own keys
+replacing the inherited ones, its output folder its own (RUN/ppo_beat). An optional stage
+(`OPTIONAL_STAGES`) runs only when its recipe has its section.
+
 A stage that finishes records the parsed section it ran with beside its output
-(`RUN/<folder>/stage_recipe.json`, `record_stage`), together with a hash of the record of the stage
-before it; `stage_change` then says why a stage must run again (its section changed, or a stage
-upstream ran since), which is how `e3d2 pipeline` notices an edited recipe.
+(`RUN/<folder>/stage_recipe.json`, `record_stage`), together with a hash of the records of the
+stages before it (the previous one, and any optional ones in between); `stage_change` then says why
+a stage must run again (its section changed, or a stage upstream ran since), which is how
+`e3d2 pipeline` notices an edited recipe.
 """
 
 from __future__ import annotations
@@ -43,7 +49,15 @@ ConfigT = TypeVar("ConfigT")
 # Keys of the recipe's top level that are not stage sections.
 RUN_KEYS = ("run_name", "runs_dir", "seed")
 # The stages in the order they run, each with the run folder's sub-folder it writes (where its record sits).
-STAGE_FOLDERS = {"prepare": "data", "vqvae": "vqvae", "bc": "bc", "demos": "demos", "reward": "reward", "ppo": "ppo", "eval": "eval"}
+STAGE_FOLDERS = {
+    "prepare": "data", "vqvae": "vqvae", "bc": "bc", "demos": "demos", "reward": "reward", "ppo": "ppo", "ppo_beat": "ppo_beat", "eval": "eval",
+}  # fmt: skip
+# Stages that run only when the recipe has their section; the stage after one depends on it only when it ran.
+OPTIONAL_STAGES = frozenset({"ppo_beat"})
+# section -> (the section it starts from, values it fixes): the beat ablation is PPO with the hand-designed reward.
+DERIVED_SECTIONS = {"ppo_beat": ("ppo", {"reward": "beat"})}
+# Keys a derived section does not inherit: its outputs go to its own folder.
+NOT_INHERITED = frozenset({"output_dir"})
 STAGE_RECORD = "stage_recipe.json"
 # Fields that steer how a stage runs, not what it makes: changing them is no reason to run it again.
 HOW_IT_RUNS = frozenset({"overwrite_output_dir", "resume", "disable_tqdm"})
@@ -119,6 +133,15 @@ class RunLayout:
         return self.ppo / "policy"
 
     @property
+    def ppo_beat(self) -> Path:
+        """The ablation of paper Table 2: PPO with the hand-designed beat reward (the `ppo_beat:` section)."""
+        return self.root / "ppo_beat"
+
+    @property
+    def ppo_beat_policy(self) -> Path:
+        return self.ppo_beat / "policy"
+
+    @property
     def eval(self) -> Path:
         return self.root / "eval"
 
@@ -142,7 +165,8 @@ def parse_recipe(config_cls: type[ConfigT], section: str, argv: list[str] | None
     """Build `config_cls` from `argv = [RECIPE, --field value ...]` and the recipe's `section`.
 
     Fields named `run_dir`, `output_dir` and `seed`, when the dataclass has them, default to the
-    run folder, `<run folder>/<section>` and the recipe's top-level seed.
+    run folder, `<run folder>/<section>` and the recipe's top-level seed. A derived section
+    (`DERIVED_SECTIONS`) starts from its base section's values and may not change the ones it fixes.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
@@ -152,14 +176,24 @@ def parse_recipe(config_cls: type[ConfigT], section: str, argv: list[str] | None
         raise E3D2Error(f"usage: {Path(sys.argv[0]).name} RECIPE.yaml [--field value ...] (--help lists the fields)")
     recipe_path, overrides = argv[0], argv[1:]
     recipe = load_recipe(recipe_path)
-    values = dict(recipe.get(section) or {})
     field_names = {field.name for field in dataclasses.fields(config_cls)}
-    unknown = sorted(set(values) - field_names)
-    if unknown:
-        raise E3D2Error(f"{recipe_path}: unknown key '{unknown[0]}' in section '{section}' ({config_cls.__name__} has no such field)")
+    base, fixed = DERIVED_SECTIONS.get(section, (None, {}))
+    values, where = {}, {}
+    for source in filter(None, (base, section)):
+        own = dict(recipe.get(source) or {})
+        unknown = sorted(set(own) - field_names)
+        if unknown:
+            raise E3D2Error(f"{recipe_path}: unknown key '{unknown[0]}' in section '{source}' ({config_cls.__name__} has no such field)")
+        if source == base:
+            own = {name: value for name, value in own.items() if name not in NOT_INHERITED} | fixed
+        refused = [name for name in own if source == section and name in fixed and own[name] != fixed[name]]
+        if refused:
+            name = refused[0]
+            raise E3D2Error(f"{recipe_path}: section '{section}', key '{name}': fixed to {fixed[name]!r} in this section, got {own[name]!r}")
+        values.update(own)
+        where.update({name: f"section '{source}', key '{name}'" for name in own})
     run_dir = _overridden_run_dir(overrides) or values.get("run_dir") or run_dir_of(recipe)
     run_dir = Path(run_dir)
-    where = {name: f"section '{section}', key '{name}'" for name in values}
     implied = {"run_dir": str(run_dir), "output_dir": str(run_dir / section), "seed": recipe.get("seed")}
     for name, value in implied.items():
         if name in field_names and name not in values and value is not None:
@@ -181,6 +215,9 @@ def parse_recipe(config_cls: type[ConfigT], section: str, argv: list[str] | None
         (config,) = parser.parse_args_into_dataclasses(args=overrides, look_for_args_file=False)
     except ValueError as exc:  # flags that name no field
         raise E3D2Error(f"{recipe_path}: unknown command-line override ({exc})") from exc
+    for name, value in fixed.items():
+        if getattr(config, name) != value:
+            raise E3D2Error(f"{recipe_path}: command-line override: {name} is fixed to {value!r} in stage '{section}', got {getattr(config, name)!r}")
     return config
 
 
@@ -305,13 +342,25 @@ def _record_path(run_dir: str | os.PathLike, section: str) -> Path:
     return Path(run_dir) / STAGE_FOLDERS[section] / STAGE_RECORD
 
 
-def _upstream_digest(run_dir: str | os.PathLike, section: str) -> str | None:
-    """SHA-256 of the record of the stage before `section` (which holds its own upstream's): None for the first, or when it has none."""
+def _upstream_stages(section: str) -> list[str]:
+    """The stages whose records `section` depends on: the optional ones just before it and the first required one before those."""
     order = list(STAGE_FOLDERS)
-    if order.index(section) == 0:
-        return None
-    path = _record_path(run_dir, order[order.index(section) - 1])
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+    upstream = []
+    for name in reversed(order[: order.index(section)]):
+        upstream.append(name)
+        if name not in OPTIONAL_STAGES:
+            break
+    return upstream
+
+
+def _upstream_digest(run_dir: str | os.PathLike, section: str) -> str | None:
+    """SHA-256 of the record of the stage before `section` (which holds its own upstream's), or of the records'
+    digests when optional stages in between ran too: None for the first stage, or when there is no record."""
+    paths = [_record_path(run_dir, name) for name in _upstream_stages(section)]
+    digests = [hashlib.sha256(path.read_bytes()).hexdigest() for path in paths if path.is_file()]
+    if len(digests) <= 1:
+        return digests[0] if digests else None
+    return hashlib.sha256(" ".join(digests).encode()).hexdigest()
 
 
 def record_stage(config: Any, section: str, run_dir: str | os.PathLike) -> Path:
@@ -342,7 +391,8 @@ def stage_change(config: Any, section: str, run_dir: str | os.PathLike) -> str |
         shown = ", ".join(f"{key}: {json.dumps(before.get(key))} -> {json.dumps(now.get(key))}" for key in changed[:4])
         return f"its recipe section changed ({shown}{', ...' if len(changed) > 4 else ''})"
     if record.get("upstream_sha256") != _upstream_digest(run_dir, section):
-        return f"{list(STAGE_FOLDERS)[list(STAGE_FOLDERS).index(section) - 1]} ran again since"
+        ran = [name for name in _upstream_stages(section) if _record_path(run_dir, name).is_file()] or _upstream_stages(section)[-1:]
+        return f"{' or '.join(ran)} ran again since"
     return None
 
 

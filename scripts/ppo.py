@@ -4,7 +4,7 @@
     accelerate launch scripts/ppo.py recipes/e3d2.yaml                        # one GPU
     accelerate launch --multi_gpu --num_processes 8 scripts/ppo.py recipes/e3d2.yaml
     accelerate launch --multi_gpu --num_processes 2 scripts/ppo.py recipes/tiny.yaml   # 2 CPU ranks (gloo), no GPU needed
-    python scripts/ppo.py recipes/tiny.yaml --reward beat                      # paper Table 2: Bailando's reward
+    python scripts/ppo_beat.py recipes/tiny.yaml                               # paper Table 2: Bailando's reward -> RUN/ppo_beat
     python scripts/ppo.py recipes/tiny.yaml --resume true                      # continue a killed run
 
 On a CPU-only machine `accelerate launch --cpu --num_processes 2` starts a single process (accelerate's

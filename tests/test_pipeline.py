@@ -51,9 +51,13 @@ def fake_stages(monkeypatch, tmp_path):
     return recipe, RecordedStage.calls
 
 
+# Every stage but the closing dance and the beat ablation, which the toy recipe has no section for.
+CORE_STAGES = [name for name in pipeline.STAGE_NAMES if name not in ("dance", "ppo_beat")]
+
+
 def test_stages_run_once_then_skip_and_a_rerun_redoes_what_follows(fake_stages, tmp_path):
     recipe, calls = fake_stages
-    stages = [name for name in pipeline.STAGE_NAMES if name != "dance"]
+    stages = CORE_STAGES
     result = pipeline.run_pipeline(str(recipe), stages=stages)
     assert [name for name, _ in calls] == stages
     assert dict(calls)["ppo"] == dict(calls)["demos"] == ["--overwrite_output_dir", "true"] and dict(calls)["bc"] == []
@@ -75,10 +79,10 @@ def test_stages_run_once_then_skip_and_a_rerun_redoes_what_follows(fake_stages, 
 
 def test_an_edited_recipe_section_reruns_that_stage_and_those_after_it(fake_stages, tmp_path, capsys):
     recipe, calls = fake_stages
-    stages = [name for name in pipeline.STAGE_NAMES if name != "dance"]
+    stages = CORE_STAGES
     run = tmp_path / "runs" / "toy"
     pipeline.run_pipeline(str(recipe), stages=stages)
-    assert all((run / folder / STAGE_RECORD).is_file() for folder in STAGE_FOLDERS.values())
+    assert all((run / STAGE_FOLDERS[name] / STAGE_RECORD).is_file() for name in stages)
 
     calls.clear()
     recipe.write_text(recipe.read_text() + "reward:\n  num_train_pairs: 128\n")  # one line of the recipe changed
@@ -104,6 +108,45 @@ def test_an_edited_recipe_section_reruns_that_stage_and_those_after_it(fake_stag
     (run / "demos" / STAGE_RECORD).write_text((run / "demos" / STAGE_RECORD).read_text())  # untouched
     pipeline.run_pipeline(str(recipe), stages=["demos"])  # bc ran again (above) after demos last ran
     assert [name for name, _ in calls] == ["demos"] and "demos: running again: bc ran again since" in capsys.readouterr().out
+
+
+def test_the_beat_ablation_runs_with_its_section_between_ppo_and_eval(fake_stages, tmp_path, capsys):
+    recipe, calls = fake_stages
+    run = tmp_path / "runs" / "toy"
+    every = [name for name in pipeline.STAGE_NAMES if name != "dance"]
+    with pytest.raises(E3D2Error, match=f"{recipe}: stage ppo_beat asked for, but the recipe has no 'ppo_beat' section"):
+        pipeline.run_pipeline(str(recipe), stages=every)
+    pipeline.run_pipeline(str(recipe), stages=CORE_STAGES)
+    assert not (run / "ppo_beat").exists()
+
+    calls.clear()
+    recipe.write_text(recipe.read_text() + "ppo:\n  max_steps: 40\nppo_beat:\n  max_steps: 20\n")
+    capsys.readouterr()
+    pipeline.run_pipeline(str(recipe), stages=every)
+    assert [name for name, _ in calls] == ["ppo", "ppo_beat", "eval"] and dict(calls)["ppo_beat"] == ["--overwrite_output_dir", "true"]
+    printed = capsys.readouterr().out
+    assert "[7/8] ppo_beat ..." in printed and "[8/8] eval: running again: ppo_beat ran again" in printed
+    record = json.loads((run / "ppo_beat" / STAGE_RECORD).read_text())["values"]
+    assert (record["reward"], record["max_steps"], record["output_dir"]) == ("beat", 20, str(run / "ppo_beat"))
+
+    calls.clear()
+    pipeline.run_pipeline(str(recipe), stages=every)
+    assert calls == []
+    (run / "ppo_beat" / STAGE_RECORD).write_text((run / "ppo_beat" / STAGE_RECORD).read_text().replace('"finished_ns": ', '"finished_ns": 1'))
+    pipeline.run_pipeline(str(recipe), stages=every)  # the ablation ran again since eval did: eval runs again
+    assert [name for name, _ in calls] == ["eval"]
+
+    calls.clear()
+    recipe.write_text(recipe.read_text().replace("  max_steps: 40\n", "  max_steps: 40\n  learning_rate: 1.0e-5\n"))
+    pipeline.run_pipeline(str(recipe), stages=every)  # the ablation inherits the ppo section: it runs again too
+    assert [name for name, _ in calls] == ["ppo", "ppo_beat", "eval"]
+    assert "ppo_beat: running again: ppo ran again" in capsys.readouterr().out
+
+    calls.clear()
+    recipe.write_text(recipe.read_text().replace("  max_steps: 20\n", "  max_steps: 30\n"))
+    pipeline.run_pipeline(str(recipe), stages=every)  # the ablation's own section changed: it and eval run again, ppo does not
+    assert [name for name, _ in calls] == ["ppo_beat", "eval"]
+    assert "ppo_beat: running again: its recipe section changed (max_steps: 20 -> 30)" in capsys.readouterr().out
 
 
 def test_the_stages_run_in_the_order_their_records_chain():
@@ -179,6 +222,7 @@ TEST_SCALE = {
                "num_train_epochs": 1, "use_cpu": True, "disable_tqdm": True, "report_to": "none"},
     "ppo": {"max_steps": 2, "rollout_segments": 16, "train_batch_size": 8, "per_device_rollout_batch_size": 16, "value_num_layers": 1,
             "eval_steps": 1, "eval_seconds": 4.0, "save_steps": 1, "report_to": "none"},
+    "ppo_beat": {},  # the ppo section with the beat reward
     "eval": {"eval_seconds": 4.0},
 }  # fmt: skip
 
@@ -193,8 +237,11 @@ def test_the_whole_pipeline_runs_on_the_synthetic_default(tmp_path, monkeypatch,
     assert main(["pipeline", str(recipe), "--music", str(song)]) == 0
     run_dir = tmp_path / "runs" / "chain"
     table = json.loads((run_dir / "eval" / "metrics.json").read_text())
-    for row in ("ground_truth", "vqvae", "bc", "e3d2", "random"):
+    for row in ("ground_truth", "vqvae", "bc", "e3d2", "beat", "random"):
         assert {"FID_k", "FID_g", "Div_k", "Div_g", "BAS", "PFC", "ci95"} <= set(table[row]), row
+    assert [(row["method"], row["reward"], row["step"]) for row in table["table_2"]["rows"]] == [
+        (method, reward, step) for method, reward in (("e3d2", "learned"), ("beat", "beat")) for step in (0, 1, 2)
+    ]  # PPO's held-out evaluations before training, after each step
     assert set(table["noise_levels"]) == {"0.02", "0.5", "1"} and set(table["seen_unseen"]) == {"seen", "unseen"}
     assert 0.0 <= table["reward_model"]["pair_accuracy_unseen"] <= 1.0
     assert (run_dir / "eval" / "metrics.md").read_text().startswith("| Method |")
@@ -216,7 +263,8 @@ def test_the_whole_pipeline_runs_on_the_synthetic_default(tmp_path, monkeypatch,
     assert main(["pipeline", str(recipe), "--music", str(song)]) == 0
     printed = capsys.readouterr().out
     print(printed)  # shown with -s: the report's "pipeline rerun after a one-line recipe change"
-    assert "[6/8] ppo: running again: its recipe section changed (max_steps: 2 -> 3)" in printed
-    assert "[7/8] eval: running again: ppo ran again" in printed and "[8/8] dance to" in printed
+    assert "[6/9] ppo: running again: its recipe section changed (max_steps: 2 -> 3)" in printed
+    assert "[7/9] ppo_beat: running again: ppo ran again" in printed and "[8/9] eval: running again: ppo_beat ran again" in printed
+    assert "[9/9] dance to" in printed
     assert [name for name in pipeline.STAGE_NAMES if f"{name}: done already" in printed] == ["prepare", "vqvae", "bc", "demos", "reward"]
     assert json.loads((run_dir / "ppo" / "summary.json").read_text())["steps"] == 3

@@ -177,3 +177,29 @@ def test_a_stage_holds_the_run_folder_lock(tmp_path, capsys):
     with run_lock(tmp_path / "toy"):  # re-entrant in one process: the pipeline runs stages while holding it
         assert run_stage("toy", ListStageConfig, lambda config: seen.append(config.run_dir), [recipe]) == 0
     assert seen == [str(tmp_path / "toy")]
+
+
+def test_the_beat_ablation_section_is_the_ppo_section_with_the_beat_reward(tmp_path):
+    from e3d2_hf.trainers.ppo_config import PPOConfig
+
+    recipe = write_recipe(
+        tmp_path, "run_name: toy\nruns_dir: out\nppo:\n  learning_rate: 1.0e-4\n  max_steps: 100\n  output_dir: out/elsewhere\nppo_beat:\n  max_steps: 25\n"
+    )
+    learned, beat = (parse_recipe(PPOConfig, section, [recipe]) for section in ("ppo", "ppo_beat"))
+    assert (learned.reward, learned.max_steps, learned.output_dir) == ("learned", 100, "out/elsewhere")
+    assert (beat.reward, beat.max_steps, beat.learning_rate, beat.output_dir) == ("beat", 25, 1e-4, "out/toy/ppo_beat")
+    assert parse_recipe(PPOConfig, "ppo_beat", [recipe, "--max_steps", "5"]).max_steps == 5
+
+
+def test_the_beat_ablation_keeps_its_reward(tmp_path):
+    from e3d2_hf.trainers.ppo_config import PPOConfig
+
+    recipe = write_recipe(tmp_path, "run_name: toy\nppo_beat:\n  reward: learned\n")
+    with pytest.raises(E3D2Error, match=r"section 'ppo_beat', key 'reward': fixed to 'beat' in this section, got 'learned'"):
+        parse_recipe(PPOConfig, "ppo_beat", [recipe])
+    recipe = write_recipe(tmp_path, "run_name: toy\nppo:\n  reward: learned\nppo_beat:\n  learnig_rate: 1\n")
+    with pytest.raises(E3D2Error, match=r"unknown key 'learnig_rate' in section 'ppo_beat'"):
+        parse_recipe(PPOConfig, "ppo_beat", [recipe])
+    recipe = write_recipe(tmp_path, "run_name: toy\nppo_beat: {}\n")
+    with pytest.raises(E3D2Error, match=r"command-line override: reward is fixed to 'beat' in stage 'ppo_beat', got 'learned'"):
+        parse_recipe(PPOConfig, "ppo_beat", [recipe, "--reward", "learned"])

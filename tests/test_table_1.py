@@ -70,7 +70,7 @@ def test_table_1_has_its_ceiling_floor_intervals_and_tables_3_and_5(tiny_run):
             assert np.isfinite(table[row][key]) and low <= high, (row, key)
     assert all(set(table[row]["minus_bc_ci95"]) == set(table[row]["ci95"]) for row in ("ground_truth", "vqvae", "random"))
     assert "minus_bc_ci95" not in table["bc"] and "draws" not in table["bc"]
-    assert table["protocol"]["pieces"] == 6 and table["protocol"]["decoding"] == "greedy"
+    assert table["protocol"]["pieces"] == 6 and table["protocol"]["decoding"] == "greedy" and table["protocol"]["generation"] == "cache"
     assert table["protocol"]["intervals"]["resamples"] == 1000
     assert table["ground_truth"]["learned_return"] is None and np.isfinite(table["vqvae"]["learned_return"])
     assert set(table["noise_levels"]) == {"0.02", "0.5", "1"}

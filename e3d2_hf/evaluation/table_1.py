@@ -1,4 +1,4 @@
-"""The paper's Table 1 for a run folder, between its ceiling and its floor, with 95% intervals; Tables 3 and 5 beside it.
+"""The paper's Table 1 for a run folder, between its ceiling and its floor, with 95% intervals; Tables 2, 3 and 5 beside it.
 
     python scripts/eval.py recipes/tiny.yaml            # -> RUN/eval/metrics.json, RUN/eval/metrics.md
 
@@ -20,7 +20,9 @@ Each row has FID_k, FID_g, Div_k, Div_g, BAS, PFC, the mean learned return when 
 interval of (row - BC) over the same draws of the same pieces, where the pieces' own variation
 cancels (an interval that excludes 0: a difference beyond the noise of which pieces were scored). metrics.json also holds
 "noise_levels" (paper Table 3) and "seen_unseen" (Table 5, `e3d2_hf.evaluation.tables_3_and_5`),
-the reward model's held-out pair accuracy, the protocol, the metrics' warnings and "versions".
+"table_2" (paper Table 2: PPO's held-out evaluations over its interaction steps, learned vs beat
+reward, `e3d2_hf.evaluation.table_2`), the reward model's held-out pair accuracy, the protocol (with
+the generation mode: the policies' rolling KV cache), the metrics' warnings and "versions".
 Table 4 (BC next-code accuracy) is RUN/bc/diagnostics.json and Figure 6 (the reward model's
 accuracy curve) RUN/reward/diagnostics.json and .png; metrics.md points to them.
 """
@@ -36,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from e3d2_hf.data.prepare import load_prepared
+from e3d2_hf.evaluation.table_2 import format_table_2, table_2
 from e3d2_hf.evaluation.tables_3_and_5 import noise_level_table, seen_unseen_table, training_music_evaluation
 from e3d2_hf.metrics.intervals import DEFAULT_LEVEL, INTERVAL_METRICS, paired_interval
 from e3d2_hf.metrics.protocol import METRIC_KEYS
@@ -91,7 +94,7 @@ class EvalConfig:
         self.data_path = self.data_path or str(run.data)
         self.bc_path = self.bc_path or str(run.bc)
         self.e3d2_path = self.e3d2_path or str(run.ppo_policy)
-        self.beat_path = self.beat_path or str(run.root / "ppo_beat" / "policy")
+        self.beat_path = self.beat_path or str(run.ppo_beat_policy)
         self.reward_model_path = self.reward_model_path or str(run.reward)
         self.demonstrations_path = self.demonstrations_path or str(run.demonstrations)
         if self.eval_seconds is not None and self.eval_seconds <= 0:
@@ -190,6 +193,9 @@ def evaluate_run(config: EvalConfig) -> dict[str, Any]:
     table["noise_levels"] = noise_level_table(config, bc_policy, seen, Path(config.demonstrations_path))
     if config.seen_unseen:
         table["seen_unseen"] = seen_unseen_table(config, bc_policy, seen, rows["bc"], len(evaluation.pieces))
+    ablation = table_2({"e3d2": Path(config.e3d2_path).parent, "beat": Path(config.beat_path).parent})
+    if ablation is not None:
+        table["table_2"] = ablation
     diagnostics_file = Path(config.reward_model_path) / "diagnostics.json"
     if diagnostics_file.is_file():
         diagnostics = json.loads(diagnostics_file.read_text())
@@ -200,6 +206,7 @@ def evaluate_run(config: EvalConfig) -> dict[str, Any]:
         "splits": list(config.splits),
         "eval_seconds": config.eval_seconds,
         "decoding": "sampled" if config.do_sample else "greedy",
+        "generation": "cache",  # E3D2PolicyModel.generate's strategy: the rolling KV cache (= one banded forward)
         "intervals": {"level": DEFAULT_LEVEL, "resamples": config.resamples, "over": "held-out pieces", "method": "percentile bootstrap"},
         "ground_truth_clips": len(ground_truth.dances),
         "config": dataclasses.asdict(config),
@@ -241,7 +248,7 @@ def _markdown_rows(first_column: str, rows: list[tuple[str, dict[str, Any]]]) ->
 
 def format_table_1(table: dict[str, Any]) -> str:
     """Markdown: Table 1 in the paper's layout (+ learned return, each number with its 95% interval), the
-    reward model's accuracy, Tables 3 and 5, and where Table 4 and Figure 6 are."""
+    reward model's accuracy, Tables 2, 3 and 5, and where Table 4 and Figure 6 are."""
     lines = _markdown_rows("Method", [(label, table[key]) for key, label in ROW_LABELS.items() if key in table])
     protocol = table.get("protocol", {})
     per_split = ", ".join(f"{split} {count}" for split, count in protocol.get("pieces_per_split", {}).items())
@@ -249,7 +256,7 @@ def format_table_1(table: dict[str, Any]) -> str:
     lines += [
         "",
         f"{protocol.get('pieces', '?')} held-out pieces ({per_split or ', '.join(protocol.get('splits', []))}), first "
-        f"{protocol.get('eval_seconds')} s each, {protocol.get('decoding', '?')} decoding; [low, high]: 95% bootstrap interval "
+        f"{protocol.get('eval_seconds')} s each, {protocol.get('decoding', '?')} decoding ({protocol.get('generation', '?')} generation); [low, high]: 95% bootstrap interval "
         f"over the pieces ({intervals.get('resamples', 0)} draws; a draw repeats pieces, which raises FID: its interval sits "
         "above the number, wholly so where the FID is near 0).",
     ]
@@ -267,6 +274,9 @@ def format_table_1(table: dict[str, Any]) -> str:
             cells = ["-" if differences.get(key) is None else "[" + ", ".join(f"{value:+.{DIGITS[key]}f}" for value in differences[key]) + "]"
                      for key in INTERVAL_METRICS]  # fmt: skip
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if table.get("table_2"):
+        lines += ["", "Table 2: PPO's held-out evaluations over its interaction steps, learned reward vs hand-designed beat reward", ""]
+        lines += format_table_2(table["table_2"], ROW_LABELS)
     if table.get("noise_levels"):
         lines += ["", "Table 3: demonstrations by noise level eps, on training music (RUN/demos, eval_seen)", ""]
         lines += _markdown_rows("eps", list(table["noise_levels"].items()))
