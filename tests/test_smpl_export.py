@@ -11,7 +11,7 @@ import pytest
 from e3d2_hf.data.aistpp import motion_joints
 from e3d2_hf.inference import Dance
 from e3d2_hf.motion import skeleton
-from e3d2_hf.motion.fitting import fit_skeleton
+from e3d2_hf.motion.fitting import fit_rest_skeleton, fit_skeleton
 from e3d2_hf.render.smpl import FIT_TOLERANCE_M, fit_smpl, load_smpl, save_smpl
 from e3d2_hf.utils import E3D2Error, safe_load_pickle
 
@@ -32,6 +32,21 @@ def test_a_dance_on_the_smpl_skeleton_comes_back_through_our_fk():
     assert fitted.fit_error_mean_m == pytest.approx(errors.mean(), abs=1e-6)
     # the root's rotation is the first axis-angle triple, and translation is the pelvis minus its rest position
     np.testing.assert_allclose(fitted.trans, joints[:, 0] - skeleton.rest_joints("male")[0], atol=1e-6)
+
+
+def test_a_dance_put_on_the_rest_skeleton_has_smpls_bones_and_fits_exactly():
+    raw = dance_like_joints(120, seed=5)
+    raw[:, 18:20] = raw[:, 16:18] + 0.7 * (raw[:, 18:20] - raw[:, 16:18])  # short upper arms, as a VQ-VAE decodes them
+    rest = skeleton.rest_joints("male")
+    parents = np.maximum(skeleton.SMPL_PARENTS, 0)
+    on_rest = fit_rest_skeleton(raw)
+    lengths = np.linalg.norm(on_rest[:, 1:] - on_rest[:, parents[1:]], axis=-1)
+    np.testing.assert_allclose(lengths, np.broadcast_to(np.linalg.norm(rest[1:] - rest[parents[1:]], axis=-1), lengths.shape), atol=1e-5)
+    np.testing.assert_allclose(on_rest[:, 0], raw[:, 0], atol=1e-6)  # the pelvis stays where it was
+    assert fit_smpl(on_rest).fit_error_mean_m < 1e-6
+    assert fit_smpl(raw).fit_error_mean_m > 0.005  # the raw dance's bones differ from SMPL's
+    smpl_dance = skeleton.forward_kinematics(np.random.default_rng(1).normal(scale=0.3, size=(40, 72)), np.zeros((40, 3)))
+    np.testing.assert_allclose(fit_rest_skeleton(smpl_dance), smpl_dance, atol=1e-5)  # an SMPL body is already there
 
 
 def test_both_files_round_trip_and_the_pickle_reads_as_an_aistpp_motion(tmp_path):

@@ -18,7 +18,7 @@ from e3d2_hf.data.windows import SequenceWindows, sliding_windows, window_index
 from e3d2_hf.models.configuration_vqvae import VQVAEConfig
 from e3d2_hf.models.modeling_vqvae import E3D2VQVAE
 from e3d2_hf.recipe import parse_recipe
-from e3d2_hf.motion.skeleton import forward_kinematics
+from e3d2_hf.motion.skeleton import SMPL_PARENTS, forward_kinematics, rest_joints
 from e3d2_hf.trainers import vqvae as vqvae_trainer
 from e3d2_hf.utils import E3D2Error
 
@@ -65,6 +65,23 @@ def test_encode_decode_shapes_and_root_integration(batch):
     torch.testing.assert_close(standing[:, 0, 0, [0, 2]], torch.zeros(4, 2))
     output = model.train()(batch)
     assert output.reconstruction.shape == batch.shape and output.loss.ndim == 0
+
+
+def test_decoded_dances_stand_on_the_rest_skeleton(batch):
+    """Decoded bones have the SMPL male lengths (`rest_skeleton`); null keeps the decoder's raw, shorter ones."""
+    torch.manual_seed(0)
+    model = E3D2VQVAE(VQVAEConfig(**TINY_MODEL)).eval()
+    codes = model.encode(batch)
+    parents = torch.as_tensor(np.maximum(SMPL_PARENTS, 0))[1:]
+    rest = torch.as_tensor(rest_joints("male"), dtype=torch.float32)
+    joints = model.decode(*codes)
+    bones = (joints[:, :, 1:] - joints[:, :, parents]).norm(dim=-1)
+    torch.testing.assert_close(bones, (rest[1:] - rest[parents]).norm(dim=-1).expand_as(bones), atol=1e-5, rtol=0)
+    model.config.rest_skeleton = None
+    raw = model.decode(*codes)
+    assert not torch.allclose((raw[:, :, 1:] - raw[:, :, parents]).norm(dim=-1), bones, atol=1e-3)
+    with pytest.raises(E3D2Error, match="rest_skeleton"):
+        VQVAEConfig(rest_skeleton="giant")
 
 
 def test_root_velocity_decoder_speaks_metres_per_second(batch):

@@ -12,6 +12,7 @@ from typing import ClassVar
 
 from transformers import PretrainedConfig
 
+from e3d2_hf.motion.skeleton import BUILTIN_GENDERS
 from e3d2_hf.utils import E3D2Error
 
 
@@ -29,6 +30,8 @@ class VQVAEConfig(PretrainedConfig):
         kmeans_iters: Lloyd iterations of the first-batch initialisation (codes start at encoder outputs).
         commitment_weight, velocity_loss_weight, acceleration_loss_weight: loss weights (reconstruction is 1).
         fps: frame rate of the joints the model encodes and decodes.
+        rest_skeleton: the SMPL body ("male", "neutral") whose bones decoded dances are put on
+            (`e3d2_hf.motion.fitting.fit_rest_skeleton`); None: the decoder's raw joints.
     """
 
     model_type: ClassVar[str] = "e3d2_vqvae"
@@ -46,6 +49,7 @@ class VQVAEConfig(PretrainedConfig):
     velocity_loss_weight: float = 1.0
     acceleration_loss_weight: float = 1.0
     fps: float = 60.0
+    rest_skeleton: str | None = "male"
 
     def __post_init__(self, **kwargs):
         positive = {
@@ -67,6 +71,8 @@ class VQVAEConfig(PretrainedConfig):
             "acceleration_loss_weight": self.acceleration_loss_weight,
         }
         problems += [f"{name} must not be negative, got {value}" for name, value in weights.items() if value < 0]
+        if self.rest_skeleton not in (None, *BUILTIN_GENDERS):
+            problems.append(f"rest_skeleton must be one of {', '.join(BUILTIN_GENDERS)} or null, got {self.rest_skeleton!r}")
         if self.fps <= 0:
             problems.append(f"fps must be positive, got {self.fps}")
         if problems:

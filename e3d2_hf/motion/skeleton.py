@@ -89,6 +89,7 @@ _NEUTRAL_REST_JOINTS = [
 ]  # fmt: skip
 _BUILTIN_REST_JOINTS = {"male": _MALE_REST_JOINTS, "neutral": _NEUTRAL_REST_JOINTS}
 GENDERS = ("male", "neutral", "female")
+BUILTIN_GENDERS = tuple(_BUILTIN_REST_JOINTS)  # rest skeletons available without the SMPL model files
 
 
 def rest_joints(gender: str = "male") -> np.ndarray:

@@ -62,6 +62,7 @@ MODEL_FIELDS = (
     "commitment_weight",
     "velocity_loss_weight",
     "acceleration_loss_weight",
+    "rest_skeleton",
 )
 
 
@@ -91,6 +92,9 @@ class VQVAETrainingConfig(BailandoTrainingArguments):
     commitment_weight: float = field(default=0.02, metadata={"help": "Weight of the commitment loss."})
     velocity_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the L1 velocity loss."})
     acceleration_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the L1 acceleration loss."})
+    rest_skeleton: str | None = field(
+        default="male", metadata={"help": "SMPL body whose bones decoded dances are put on (the data's: prepare's gender); null: raw joints."}
+    )
     lr_decay_epochs: list[int] = field(
         default_factory=lambda: [100, 200], metadata={"help": "Pose phase: epochs at which the learning rate is multiplied by lr_decay_factor."}
     )
