@@ -93,6 +93,19 @@ def test_noise_share_grows_with_eps():
     np.testing.assert_allclose(off_policy, expected, atol=0.05)
 
 
+def test_greedy_demonstrators_leave_only_the_noisy_steps_off_the_greedy_dance():
+    """do_sample false (the tiny recipe): eps = 0 is the greedy dance, and eps > 0 departs from it only by whole noisy steps."""
+    policy, pieces = tiny_policy(music_dim=8), random_pieces(6, 30, music_dim=8)
+    config = DemosConfig(noise_levels=NOISE_LEVELS, do_sample=False)
+    items = tuple((index, 0) for index in range(len(pieces)))
+    clean = roll_out(policy, pieces, RolloutBatch("train", 0.0, items, seed=4), config)
+    assert all((row["upper_codes"][1:] == 3).all() and (row["lower_codes"][1:] == 3).all() for row in clean)  # the peaked policy's argmax
+    for row in roll_out(policy, pieces, RolloutBatch("train", 0.5, items, seed=4), config):
+        upper_off, lower_off = row["upper_codes"][1:] != 3, row["lower_codes"][1:] != 3
+        # a replaced code repeats the greedy one w.p. 1/16, so a noisy step may show one half on the policy, never a lone coin
+        assert 0 < np.mean(upper_off | lower_off) < 1 and np.mean(upper_off != lower_off) < 0.25
+
+
 def test_the_plan_covers_every_rollout_once_with_its_own_seed():
     pieces = random_pieces(5, 30)
     config = DemosConfig(noise_levels=NOISE_LEVELS, per_device_batch_size=4)

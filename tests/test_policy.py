@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from scipy.stats import binom
 from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, GenerationMixin
 
 from safetensors import safe_open
@@ -178,6 +179,32 @@ def test_noise_level_one_is_the_uniform_random_policy():
     policy = tiny_policy()
     assert not torch.equal(noisy_a, policy.generate(music, first))
     torch.testing.assert_close(policy.generate(music, first, noise_level=0.0, seed=11), policy.generate(music, first), rtol=0, atol=0)
+
+
+def test_eps_greedy_replaces_whole_actions_with_one_coin_per_step():
+    """At eps = 0.5 half the steps, not 75%, carry noise, and a noisy step has both its codes replaced."""
+    greedy_upper, greedy_lower, eps, codebook = 3, 7, 0.5, 512
+    policy = tiny_policy()
+    with torch.no_grad():  # whatever it sees, the policy's greedy action is (3, 7)
+        policy.final_norm.weight.zero_()
+        policy.final_norm.bias.zero_()
+        policy.final_norm.bias[0] = 1.0
+        for head, code in ((policy.upper_head, greedy_upper), (policy.lower_head, greedy_lower)):
+            head.weight.zero_()
+            head.weight[code, 0] = 1.0
+    _, _, music = random_dance(64, 64)
+    first = torch.zeros(64, 1, dtype=torch.long)
+    tokens = policy.generate(music, first, noise_level=eps, seed=3)
+    torch.testing.assert_close(tokens, policy.generate(music, first, noise_level=eps, seed=3), rtol=0, atol=0)
+    upper, lower = policy.split_pose_tokens(tokens[:, 1:])
+    off_upper, off_lower = (upper != greedy_upper).flatten().numpy(), (lower != greedy_lower).flatten().numpy()
+    steps = off_upper.size
+    # A replaced code equals the greedy one w.p. 1/512: a replaced step shows as off the policy unless both coincide.
+    shown = eps * (1 - 1 / codebook**2)
+    assert abs(np.mean(off_upper | off_lower) - shown) <= 4 * np.sqrt(shown * (1 - shown) / steps)
+    # Exactly one half off only when the other's uniform code coincided (one coin per half: ~37% of the steps).
+    one_half_only = eps * 2 * (1 / codebook) * (1 - 1 / codebook)
+    assert np.sum(off_upper != off_lower) <= binom.isf(1e-6, steps, one_half_only)
 
 
 def test_loss_log_probs_and_base_head_split_agree():

@@ -8,7 +8,7 @@ eps-greedy behaviour-cloning policy on one piece of music:
 |---|---|---|
 | `music_id` | string | the music that drove the rollout (the `m..` field of AIST++ names) |
 | `name` | string | the prepared-dataset sequence whose music and initial pose code were used |
-| `noise_level` | float32 | eps: the probability, at each step, of a uniform random code per body half |
+| `noise_level` | float32 | eps: the probability, at each step, that the whole action (both halves' codes) is uniformly random |
 | `demo_index` | int32 | k = 0..K-1, which of the K demonstrations of this (music, noise level) it is |
 | `upper_codes` | int64 (L,) | upper-body pose code of step t = 0..L-1 |
 | `lower_codes` | int64 (L,) | lower-body pose code of step t = 0..L-1 |

@@ -45,7 +45,7 @@ Generation
 ----------
 `generate(music_features (B, S, 438), first codes)` runs its own loop: greedy, or sampling with
 temperature and top-k applied to each half's 512 logits (which the joint-vocabulary top-k of
-transformers' loop cannot express), eps-greedy noise for stage 2, a seeded `torch.Generator`, a whole
+transformers' loop cannot express), stage 2's eps-greedy noise (one coin per step), a seeded `torch.Generator`, a whole
 batch of pieces at once, strategy "cache" (default) or "recompute_window". transformers' own loop also
 works on this model (`GenerationMixin.generate(policy, input_ids=..., music_features=...)`, greedy gives
 the same tokens): `prepare_inputs_for_generation` feeds the music frame of each new token and asks for
@@ -540,28 +540,27 @@ class E3D2PolicyModel(CarriesVQVAE, PreTrainedModel, GenerationMixin):
         }
 
     @staticmethod
-    def _choose_codes(
-        logits: torch.Tensor,
-        do_sample: bool,
-        temperature: float,
-        top_k: int | None,
-        noise_level: float,
-        generator: torch.Generator | None,
-    ) -> torch.Tensor:
-        """One half's next codes (B,): argmax or temperature/top-k sampling, then eps-greedy noise."""
-        if do_sample:
-            logits = logits.float() / temperature
-            if top_k is not None and top_k < logits.shape[-1]:
-                kth_best = logits.topk(top_k, dim=-1).values[..., -1:]
-                logits = logits.masked_fill(logits < kth_best, float("-inf"))
-            codes = torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
-        else:
-            codes = logits.argmax(-1)
-        if noise_level > 0:
-            replace = torch.rand(codes.shape, device=codes.device, generator=generator) < noise_level
-            uniform = torch.randint(logits.shape[-1], codes.shape, device=codes.device, generator=generator)
-            codes = torch.where(replace, uniform, codes)
-        return codes
+    def _choose_codes(logits: torch.Tensor, do_sample: bool, temperature: float, top_k: int | None, generator: torch.Generator | None) -> torch.Tensor:
+        """One half's next codes (B,) from its logits: argmax, or temperature/top-k sampling."""
+        if not do_sample:
+            return logits.argmax(-1)
+        logits = logits.float() / temperature
+        if top_k is not None and top_k < logits.shape[-1]:
+            kth_best = logits.topk(top_k, dim=-1).values[..., -1:]
+            logits = logits.masked_fill(logits < kth_best, float("-inf"))
+        return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+
+    def _eps_greedy(
+        self, upper: torch.Tensor, lower: torch.Tensor, noise_level: float, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stage 2's noise on one step's actions (B,): with probability eps the whole action, both halves, becomes uniform.
+
+        One coin per step, as the paper's eps-greedy replaces the action (the pair of codes), not each
+        half on its own coin (which would touch 1 - (1 - eps)^2 of the steps, 75% at eps = 0.5).
+        """
+        replace = torch.rand(upper.shape, device=upper.device, generator=generator) < noise_level
+        uniform = torch.randint(self.config.codebook_size, (2, *upper.shape), device=upper.device, generator=generator)
+        return torch.where(replace, uniform[0], upper), torch.where(replace, uniform[1], lower)
 
     @torch.no_grad()
     def generate(
@@ -588,8 +587,8 @@ class E3D2PolicyModel(CarriesVQVAE, PreTrainedModel, GenerationMixin):
         `upper_codes`/`lower_codes` (B, P), normally P = 1, the first pose code from data.
         max_new_tokens: N, default S - P (until the music ends); at most S - P.
         Sampling: greedy unless `do_sample`; `temperature` and `top_k` apply to each half's 512
-        logits; `noise_level` is stage 2's eps-greedy (each half independently replaced by a
-        uniform code with that probability). Randomness comes from `generator`, else a fresh one
+        logits; `noise_level` is stage 2's eps-greedy (with that probability a step's whole action,
+        upper and lower code, is replaced by uniform codes; one coin per step). Randomness comes from `generator`, else a fresh one
         seeded with `seed`, else torch's global generator.
         strategy: "cache" (rolling KV cache, = one banded forward over the whole dance) or
         "recompute_window" (Bailando's inference: re-encode the last `context_length` steps for
@@ -627,7 +626,7 @@ class E3D2PolicyModel(CarriesVQVAE, PreTrainedModel, GenerationMixin):
         if seed is not None and generator is None:
             generator = torch.Generator(device=self.device).manual_seed(seed)
         choose = functools.partial(
-            self._choose_codes, do_sample=do_sample, temperature=temperature, top_k=top_k, noise_level=noise_level, generator=generator
+            self._choose_codes, do_sample=do_sample, temperature=temperature, top_k=top_k, generator=generator
         )
 
         total = prompt_steps + new_steps
@@ -644,8 +643,9 @@ class E3D2PolicyModel(CarriesVQVAE, PreTrainedModel, GenerationMixin):
             upper_logits, lower_logits, _ = self._code_logits_of_tokens(
                 upper[:, start:step], lower[:, start:step], music[:, start + 1 : step + 1], cache
             )
-            upper[:, step] = choose(upper_logits[:, -1])
-            lower[:, step] = choose(lower_logits[:, -1])
+            upper[:, step], lower[:, step] = choose(upper_logits[:, -1]), choose(lower_logits[:, -1])
+            if noise_level > 0:
+                upper[:, step], lower[:, step] = self._eps_greedy(upper[:, step], lower[:, step], noise_level, generator)
         return self.join_pose_tokens(upper, lower)
 
 

@@ -228,7 +228,7 @@ class HeldOutPieces:
         """The policy's dances to pieces `rows`: upper and lower codes (B, S) incl. a_0, their music (B, S, D), steps (B,).
 
         S is the longest piece of the slice; shorter pieces are right-padded (cut them at `steps`).
-        `noise_level`: stage 2's eps (1: every code uniformly random, the floor of Table 1).
+        `noise_level`: stage 2's eps, each step's action (both codes) uniformly random with that probability (1: the floor of Table 1).
         """
         steps = self.steps[rows]
         music = self.music_features[rows, : int(steps.max())].to(policy.device)

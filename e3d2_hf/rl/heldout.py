@@ -133,7 +133,7 @@ class HeldOutEvaluation:
     def dance(self, policy: E3D2PolicyModel, reference_policy: E3D2PolicyModel | None = None, noise_level: float = 0.0) -> HeldOutDances:
         """The policy's dances to every piece, with their learned returns and their exact per-step KL to `reference_policy`.
 
-        `noise_level`: stage 2's eps, each code replaced by a uniform one with that probability (1: the random floor).
+        `noise_level`: stage 2's eps, each step's action (both codes) replaced by uniform codes with that probability (1: the random floor).
         """
         pieces, device = self.pieces, policy.device
         generator = torch.Generator(device=device).manual_seed(seed_of(self.seed, -2))  # the same random numbers for every policy

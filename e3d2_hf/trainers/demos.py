@@ -1,9 +1,10 @@
 """Stage 2: automatically-ranked demonstrations, the behaviour-cloning policy with eps-greedy noise (D-REX).
 
 For every noise level eps of the schedule (paper: 0.02, 0.25, 0.50, 0.75, 1.00) and every piece of
-music, the BC policy dances K times; at each step, with probability eps, each body half's code is
-replaced by a uniform draw from the codebook, otherwise it is sampled from the policy
-(`E3D2PolicyModel.generate(noise_level=eps)`). Lower eps ranks higher. Each episode starts from the
+music, the BC policy dances K times; at each step, with probability eps (one coin per step), the
+action, i.e. both body halves' codes, is drawn uniformly from the codebooks, otherwise the policy
+chooses it, sampled or, with `do_sample: false`, greedily (`E3D2PolicyModel.generate(noise_level=eps)`).
+Lower eps ranks higher. Each episode starts from the
 piece's first ground-truth pose code a_0 (the MDP's initial state) and runs until the music ends.
 
 Three splits (`e3d2_hf.data.demonstrations`, which documents the columns):
