@@ -94,12 +94,29 @@ def toy_trainer(tmp_path: Path, **overrides) -> PPOTrainer:
 # ----------------------------------------------------------------------------------------------
 # The reward functions PPO optimises
 # ----------------------------------------------------------------------------------------------
-def test_reward_normalization_and_learned_reward_are_sparse():
-    normalization = RewardNormalization.fit(torch.tensor([1.0, 3.0]))
-    assert (normalization.shift, normalization.scale) == pytest.approx((2.0, math.sqrt(2.0)))
-    dense = normalization(torch.tensor([[1.0, 1.0, 1.0]]))
-    assert float(dense.sum()) == pytest.approx((3.0 - 2.0) / math.sqrt(2.0))
+def test_reward_normalization_keeps_the_running_mean_and_std_of_the_stream_and_round_trips():
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(40.0, 7.0, size) for size in (5, 1, 64, 17)] + [rng.normal(90.0, 2.0, 33)]  # the reward drifts
+    normalization, seen = RewardNormalization(), []
+    for batch in batches:
+        values = batch.astype(np.float32)
+        normalization.update(torch.from_numpy(values))
+        seen.extend(values.astype(np.float64))
+        assert (normalization.shift, normalization.scale) == pytest.approx((np.mean(seen), np.std(seen)), rel=1e-6)
+    assert normalization.count == len(seen)
+    dense = normalization(torch.tensor([[1.0, 2.0, 3.0]]))  # every step rescaled, the shift taken off the last
+    assert float(dense.sum()) == pytest.approx((6.0 - np.mean(seen)) / np.std(seen), rel=1e-5)
 
+    restored = RewardNormalization(**json.loads(json.dumps(normalization.to_dict())))  # as trainer_state.json keeps it
+    assert restored == normalization
+    for stats in (restored, normalization):
+        stats.update(torch.tensor([1.0, 2.0]))
+    assert restored == normalization
+    with pytest.raises(E3D2Error, match="reward normalisation: needs finite returns"):
+        normalization.update(torch.tensor([1.0, float("nan")]))
+
+
+def test_learned_reward_is_sparse():
     torch.manual_seed(0)
     reward_model = E3D2RewardModel(RewardModelConfig(codebook_size=CODEBOOK, music_dim=TOY_MUSIC_DIM, hidden_size=16, num_attention_heads=2))
     episodes = toy_segments().batch(np.arange(3))
@@ -143,37 +160,114 @@ def test_ppo_raises_a_known_reward_with_bounded_kl(tmp_path):
         assert all(math.isfinite(entry[key]) for entry in log), key
 
 
-def test_resume_after_a_kill_reaches_the_same_weights(tmp_path, monkeypatch):
-    # every piece of state a resume must restore: adaptive beta, the reward normalisation, optimizer moments
-    options = dict(save_steps=2, kl_target=0.01, reward_normalization=True, normalization_segments=32, advantage_estimator="gae")
-    straight = toy_trainer(tmp_path / "straight", **options)
-    straight.train()
-    expected = load_file(str(tmp_path / "straight" / "ppo" / "checkpoints" / "checkpoint-000004" / "model.safetensors"))
+class FirstMusicFrameReward(RewardFunction):
+    """Sparse toy reward the critic can predict from every state: a large affine function of the first action's music."""
 
+    name = "first_music_frame"
+    sparse = True
+
+    def __call__(self, episodes: Episodes) -> torch.Tensor:
+        rewards = torch.zeros(len(episodes), episodes.upper_codes.shape[1] - 1)
+        rewards[:, -1] = 100.0 + 30.0 * episodes.music_features[:, 1, 0]  # far from the zero-initialised head's 0
+        return rewards
+
+
+def test_the_critic_learns_a_return_it_can_predict_whatever_its_scale(tmp_path):
+    explained = {}
+    for normalised in (True, False):
+        config = toy_config(
+            tmp_path / str(normalised), max_steps=8, kl_beta=0.0, num_ppo_epochs=4, value_learning_rate=3e-3, value_detach_base=True,
+            reward_normalization=normalised,
+        )  # fmt: skip
+        summary = PPOTrainer(config, tiny_policy(), FirstMusicFrameReward(), toy_segments()).train()
+        explained[normalised] = [json.loads(line)["explained_variance"] for line in Path(config.output_dir, "log.jsonl").read_text().splitlines()]
+    assert explained[True][0] == 0.0 and np.mean(explained[True][-3:]) > 0.5, explained  # V starts at 0 (a constant), then follows G
+    assert summary["reward_normalization"] is None and max(explained[False]) < 0.05, explained  # raw returns ~100: the head lags behind
+
+
+def train_until_killed_after_checkpoint(trainer: PPOTrainer, step: int, monkeypatch) -> None:
+    """Train until the process is killed just after the checkpoint of `step` is written."""
     save = PPOTrainer.save_checkpoint
 
     def save_then_die(self):
         folder = save(self)
-        if self.state.step == 2:
-            raise KeyboardInterrupt("killed after the step-2 checkpoint")
+        if self.state.step == step:
+            raise KeyboardInterrupt(f"killed after the step-{step} checkpoint")
         return folder
 
     monkeypatch.setattr(PPOTrainer, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        toy_trainer(tmp_path / "killed", **options).train()
+        trainer.train()
     monkeypatch.setattr(PPOTrainer, "save_checkpoint", save)
+
+
+def test_resume_after_a_kill_reaches_the_same_weights(tmp_path, monkeypatch):
+    # every piece of state a resume must restore: adaptive beta, the reward normalisation, optimizer moments
+    options = dict(save_steps=2, kl_target=0.01, reward_normalization=True, advantage_estimator="gae", value_learning_rate=3e-3)
+    straight = toy_trainer(tmp_path / "straight", **options)
+    straight.train()
+    expected = load_file(str(tmp_path / "straight" / "ppo" / "checkpoints" / "checkpoint-000004" / "model.safetensors"))
+
+    train_until_killed_after_checkpoint(toy_trainer(tmp_path / "killed", **options), 2, monkeypatch)
     with pytest.raises(E3D2Error, match="--resume"):
         toy_trainer(tmp_path / "killed", **options).train()
     resumed = toy_trainer(tmp_path / "killed", **options, resume=True)
     resumed.train()
     assert resumed.kl_controller.value == straight.kl_controller.value != 5e-3
-    assert resumed.normalization == straight.normalization and straight.normalization.scale != 1.0
+    assert resumed.normalization == straight.normalization and straight.normalization.count == 4 * 64
     weights = load_file(str(tmp_path / "killed" / "ppo" / "checkpoints" / "checkpoint-000004" / "model.safetensors"))
     assert weights.keys() == expected.keys()
     for name, tensor in expected.items():
         assert torch.equal(weights[name], tensor), name
     steps = [json.loads(line)["step"] for line in (tmp_path / "killed" / "ppo" / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
+
+
+class ScriptedEvaluator:
+    """Held-out BAS per split, scripted by the trainer's step: val peaks at step 2, test keeps rising (a choice that read it would take step 4)."""
+
+    VAL = (0.9, 0.2, 0.5, 0.3, 0.4)  # by step; step 0: BC, never a candidate
+    TEST = (0.1, 0.2, 0.3, 0.4, 0.5)
+
+    def __init__(self):
+        self.trainer: PPOTrainer | None = None
+
+    def __len__(self) -> int:
+        return 2
+
+    def evaluate(self, policy, reference_policy):
+        step = self.trainer.state.step
+        splits = {split: {"learned_return": 0.0, "metrics": {"BAS": values[step]}} for split, values in (("val", self.VAL), ("test", self.TEST))}
+        return {"learned_return": 0.0, "kl": 0.0, "metrics": {"BAS": (self.VAL[step] + self.TEST[step]) / 2}, "splits": splits}
+
+
+def scripted_trainer(output: Path, **overrides) -> PPOTrainer:
+    evaluator = ScriptedEvaluator()
+    config = toy_config(output, max_steps=4, eval_steps=1, save_steps=1, save_total_limit=4, best_policy_metric="BAS", **overrides)
+    evaluator.trainer = PPOTrainer(config, tiny_policy(), UpperCodeZeroReward(), toy_segments(), evaluator=evaluator)
+    return evaluator.trainer
+
+
+def test_the_saved_policy_is_the_best_on_val_and_survives_a_resume(tmp_path, monkeypatch):
+    summary = scripted_trainer(tmp_path / "straight").train()
+    assert summary["best_policy"] == {"step": 2, "split": "val", "metric": "BAS", "value": 0.5, "bc_value": 0.9}
+    assert summary["policy_step"] == 2 and summary["metrics_final"] == {"BAS": 0.4} and summary["steps"] == 4
+    out = tmp_path / "straight" / "ppo"
+    at_step_2 = load_file(str(out / "checkpoints" / "checkpoint-000002" / "model.safetensors"))
+    saved = load_file(str(out / "policy" / "model.safetensors"))
+    assert saved.keys() == {name.removeprefix("policy.") for name in at_step_2 if name.startswith("policy.")}
+    assert all(torch.equal(tensor, at_step_2[f"policy.{name}"]) for name, tensor in saved.items())
+    assert "policy of step 2, the evaluation with the best BAS on the held-out val music" in (out / "policy" / "README.md").read_text()
+
+    train_until_killed_after_checkpoint(scripted_trainer(tmp_path / "killed"), 3, monkeypatch)
+    assert scripted_trainer(tmp_path / "killed", resume=True).train()["best_policy"] == summary["best_policy"]
+    resumed = load_file(str(tmp_path / "killed" / "ppo" / "policy" / "model.safetensors"))
+    assert all(torch.equal(tensor, resumed[name]) for name, tensor in saved.items())
+
+    with pytest.raises(E3D2Error, match="best_policy_split 'train' is not one of eval_splits"):
+        toy_config(tmp_path, best_policy_metric="BAS", best_policy_split="train")
+    with pytest.raises(E3D2Error, match="best_policy_metric must be one of"):
+        toy_config(tmp_path, best_policy_metric="Div_k")
 
 
 def checkpoint_bytes(output_dir: Path) -> dict[str, bytes]:
@@ -365,9 +459,15 @@ def write_recipe(run_dir: Path, **ppo_overrides) -> Path:
 
 def test_end_to_end_on_a_tiny_run_folder(tiny_run, monkeypatch, tmp_path):
     monkeypatch.setenv("E3D2_CACHE", str(tmp_path / "cache"))
-    assert run_stage("ppo", PPOConfig, train_ppo, [str(write_recipe(tiny_run))]) == 0
+    assert run_stage("ppo", PPOConfig, train_ppo, [str(write_recipe(tiny_run, best_policy_metric="BAS"))]) == 0
     out = tiny_run / "ppo"
     summary = json.loads((out / "summary.json").read_text())
+    assert summary["best_policy"]["split"] == "val" and summary["policy_step"] == summary["best_policy"]["step"] in (1, 2)
+    for evaluation in summary["evaluations"]:  # 2 val + 2 test pieces, each split scored alone too
+        parts = evaluation["splits"]
+        assert parts.keys() == {"val", "test"} and all(set(part["metrics"]) >= {"FID_k", "BAS"} for part in parts.values())
+        assert (parts["val"]["learned_return"] + parts["test"]["learned_return"]) / 2 == pytest.approx(evaluation["learned_return"])
+        assert evaluation["entropy"] > 0
     for key in ("learned_return_bc", "learned_return_final", "kl_final", "steps", "samples_per_second"):
         assert isinstance(summary[key], float | int) and math.isfinite(summary[key]), key
     assert summary["steps"] == 2 and summary["held_out_pieces"] == 4
@@ -378,7 +478,7 @@ def test_end_to_end_on_a_tiny_run_folder(tiny_run, monkeypatch, tmp_path):
     assert (tiny_run / "pose_codes" / "fingerprint.json").is_file()  # the run's shared pose-code cache
     assert any((out / "tensorboard").rglob("events.out.tfevents*"))
     with Image.open(out / "curves.png") as curves:  # beside log.jsonl
-        assert curves.format == "PNG" and curves.size == (1200, 640)
+        assert curves.format == "PNG" and curves.size == (1600, 640)
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [entry["step"] for entry in log if "eval" not in entry] == [1, 2] and "learned_return" in log[1]
 

@@ -13,8 +13,10 @@ value of a state depends on how many steps remain. The scalar head starts at zer
 first advantages are the returns themselves (no random critic noise in the first updates).
 
 `PolicyWithValueHead` joins policy and value network into one `nn.Module`, so that one optimizer
-and one DDP wrapper cover both and the value loss trains the shared blocks too ("both networks
-share an encoder"). Its `forward` takes whole dances in timeline form, like `E3D2PolicyModel.log_probs`.
+and one DDP wrapper cover both. By default the value loss trains the shared blocks too ("both
+networks share an encoder"); with `detach_base` the value network reads the shared base without
+gradient (as Bailando's actor-critic does), so only the policy loss moves the policy's weights.
+Its `forward` takes whole dances in timeline form, like `E3D2PolicyModel.log_probs`.
 """
 
 from __future__ import annotations
@@ -100,9 +102,10 @@ class PolicyWithValueHead(nn.Module):
     forward(upper_codes, lower_codes, music_features) with codes (B, T) for steps 0..T-1 and music
     (B, >=T, D) at 7.5 fps (row i = step i): the token of step t-1 (music frame t) is the state s_t
     in which action a_t is chosen, so output position t-1 holds the logits of a_t and V(s_t).
+    `detach_base`: the value loss does not reach the shared blocks.
     """
 
-    def __init__(self, policy: E3D2PolicyModel, value_head: ValueHead, shared_layers: int | None = None):
+    def __init__(self, policy: E3D2PolicyModel, value_head: ValueHead, shared_layers: int | None = None, detach_base: bool = False):
         super().__init__()
         shared_layers = policy.config.num_base_layers if shared_layers is None else shared_layers
         if not 0 <= shared_layers <= policy.config.num_hidden_layers:
@@ -117,6 +120,7 @@ class PolicyWithValueHead(nn.Module):
         self.policy = policy
         self.value_head = value_head
         self.shared_layers = shared_layers
+        self.detach_base = detach_base
 
     def forward(self, upper_codes: torch.Tensor, lower_codes: torch.Tensor, music_features: torch.Tensor) -> PolicyValueOutput:
         inputs = dance_to_inputs(upper_codes, lower_codes, music_features)
@@ -124,7 +128,8 @@ class PolicyWithValueHead(nn.Module):
             inputs["music_features"], upper_codes=inputs["upper_codes"], lower_codes=inputs["lower_codes"], num_layers=self.shared_layers
         )
         upper_logits, lower_logits = self.policy.logits_from_base(base, num_layers=self.shared_layers)
-        return PolicyValueOutput(upper_logits=upper_logits, lower_logits=lower_logits, values=self.value_head(base))
+        values = self.value_head(base.detach() if self.detach_base else base)
+        return PolicyValueOutput(upper_logits=upper_logits, lower_logits=lower_logits, values=values)
 
 
 __all__ = ["PolicyValueOutput", "PolicyWithValueHead", "ValueHead"]

@@ -7,7 +7,8 @@ generator seeded by `seed_of(seed, -2)` (PPO's evaluation), so every policy comp
 random numbers. Each policy's dances get
 
 - the learned return (the reward model's, paper Eq. 4), when a reward model is given;
-- the exact per-step KL to a reference policy (PPO: pi_BC), when one is given;
+- the exact per-step KL to a reference policy (PPO: pi_BC) and the policy's per-step entropy
+  (both under the sampling distribution, on the states its dances visit), when a reference is given;
 - FID_k, FID_g, Div_k, Div_g against the features of every dance of the dataset (`GroundTruth`),
   BAS against each piece's music beats, and PFC (`e3d2_hf.metrics.evaluate_dances`), with 95%
   bootstrap intervals over the pieces when asked.
@@ -17,7 +18,9 @@ policy that chose every code as the data did would dance), and `dance(..., noise
 uniformly random codes (the floor).
 
 Two users: Table 1 (`e3d2_hf.evaluation.table_1`) and PPO's periodic and final evaluations, which
-`e3d2_hf.trainers.ppo.train_ppo` hands to the trainer as its `evaluator`. It lives in `rl/`, below the
+`e3d2_hf.trainers.ppo.train_ppo` hands to the trainer as its `evaluator`. Given the pieces' splits,
+PPO's evaluation record also scores each split alone (`splits`), so that a choice made on one of
+them (PPO's best policy, on val) reads none of the other's numbers (test, which Table 1 reports). It lives in `rl/`, below the
 trainers, because both need it; it imports only `rl/`, `models/` and `metrics/`.
 """
 
@@ -85,11 +88,12 @@ class GroundTruth:
 
 @dataclass
 class HeldOutDances:
-    """One policy's dances to the held-out pieces: clip name -> joints, learned return per piece, exact per-step KL."""
+    """One policy's dances to the held-out pieces: clip name -> joints, learned return per piece, exact per-step KL and entropy."""
 
     clips: dict[str, np.ndarray]
     learned_returns: torch.Tensor | None
     kl: float | None
+    entropy: float | None = None
 
     @property
     def learned_return(self) -> float | None:
@@ -108,6 +112,7 @@ class HeldOutEvaluation:
         do_sample: sample the dances (seeded); false: greedy.
         temperature, top_k: the sampling distribution (also the one the KL is measured under).
         seed: the run's seed; the dances use `seed_of(seed, -2)`.
+        splits: the pieces' names by held-out split; with two or more, `evaluate` scores each split alone too.
     """
 
     def __init__(
@@ -121,8 +126,13 @@ class HeldOutEvaluation:
         temperature: float = 1.0,
         top_k: int | None = None,
         seed: int = 0,
+        splits: dict[str, list[str]] | None = None,
     ):
+        unknown = sorted({name for names in (splits or {}).values() for name in names} - set(pieces.names))
+        if unknown:
+            raise E3D2Error(f"held-out evaluation: pieces {unknown[:3]} of the splits are not among the pieces danced")
         self.pieces, self.ground_truth, self.learned_reward = pieces, ground_truth, learned_reward
+        self.splits = splits if splits is not None and len(splits) > 1 else {}
         self.batch_size, self.do_sample, self.temperature, self.top_k, self.seed = batch_size, do_sample, temperature, top_k, seed
         self.warnings: list[str] = []  # the metrics' warnings so far, each once
 
@@ -131,13 +141,13 @@ class HeldOutEvaluation:
 
     @torch.no_grad()
     def dance(self, policy: E3D2PolicyModel, reference_policy: E3D2PolicyModel | None = None, noise_level: float = 0.0) -> HeldOutDances:
-        """The policy's dances to every piece, with their learned returns and their exact per-step KL to `reference_policy`.
+        """The policy's dances to every piece, with their learned returns, their exact per-step KL to `reference_policy` and entropy.
 
         `noise_level`: stage 2's eps, each step's action (both codes) replaced by uniform codes with that probability (1: the random floor).
         """
         pieces, device = self.pieces, policy.device
         generator = torch.Generator(device=device).manual_seed(seed_of(self.seed, -2))  # the same random numbers for every policy
-        returns, kls, clips = [], [], {}
+        returns, kls, entropies, clips = [], [], [], {}
         for rows in pieces.batches(self.batch_size):
             upper, lower, music, steps = pieces.dance(
                 policy, rows, do_sample=self.do_sample, temperature=self.temperature, top_k=self.top_k, noise_level=noise_level,
@@ -147,13 +157,17 @@ class HeldOutEvaluation:
                 returns.append(self._learned_returns(upper, lower, music, steps))
             if reference_policy is not None:
                 mask = torch.arange(1, upper.shape[1], device=device)[None] < torch.as_tensor(steps, device=device)[:, None]
-                kls.append(self.exact_kl(policy, reference_policy, upper, lower, music, mask).cpu())
+                kl, entropy = self.exact_kl_and_entropy(policy, reference_policy, upper, lower, music, mask)
+                kls.append(kl.cpu())
+                entropies.append(entropy.cpu())
             if self.ground_truth is not None and policy.vqvae is not None:
                 clips.update(pieces.joints(policy.vqvae, rows, upper, lower))
+        actions = float((pieces.steps - 1).sum())
         return HeldOutDances(
             clips=clips,
             learned_returns=torch.cat(returns) if returns else None,
-            kl=float(torch.cat(kls).sum() / float((pieces.steps - 1).sum())) if kls else None,
+            kl=float(torch.cat(kls).sum() / actions) if kls else None,
+            entropy=float(torch.cat(entropies).sum() / actions) if entropies else None,
         )
 
     def reconstruct(self, vqvae: E3D2VQVAE) -> HeldOutDances:
@@ -175,7 +189,7 @@ class HeldOutEvaluation:
     def _learned_returns(self, upper: torch.Tensor, lower: torch.Tensor, music: torch.Tensor, steps: np.ndarray) -> torch.Tensor:
         return self.learned_reward.returns(Episodes(upper, lower, music, torch.zeros(0)), steps=torch.as_tensor(steps)).cpu()
 
-    def exact_kl(
+    def exact_kl_and_entropy(
         self,
         policy: E3D2PolicyModel,
         reference_policy: E3D2PolicyModel,
@@ -183,16 +197,18 @@ class HeldOutEvaluation:
         lower: torch.Tensor,
         music: torch.Tensor,
         mask: torch.Tensor,
-    ) -> torch.Tensor:
-        """Per dance, sum over steps of KL(pi(.|s_t) || pi_ref(.|s_t)) = KL_upper + KL_lower (exact, from the logits)."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per dance, sums over steps of KL(pi(.|s_t) || pi_ref(.|s_t)) and of H(pi(.|s_t)), upper + lower half (exact, from the logits)."""
         ours = policy.log_probs(upper, lower, music)
         reference = reference_policy.log_probs(upper, lower, music)
-        total = torch.zeros_like(mask, dtype=torch.float32)
+        kl = torch.zeros_like(mask, dtype=torch.float32)
+        entropy = torch.zeros_like(kl)
         for half in ("upper_logits", "lower_logits"):
             log_p = sampling_logits(getattr(ours, half), self.temperature, self.top_k).log_softmax(-1)
             log_q = sampling_logits(getattr(reference, half), self.temperature, self.top_k).log_softmax(-1)
-            total += categorical_kl(log_p, log_q)
-        return (total * mask).sum(-1)
+            kl += categorical_kl(log_p, log_q)
+            entropy -= (log_p.exp() * log_p).sum(-1)
+        return (kl * mask).sum(-1), (entropy * mask).sum(-1)
 
     def scores(
         self,
@@ -219,7 +235,8 @@ class HeldOutEvaluation:
         return scores
 
     def evaluate(self, policy: E3D2PolicyModel, reference_policy: E3D2PolicyModel) -> dict[str, Any]:
-        """PPO's evaluation record: learned return (total and per step), exact per-step KL to pi_BC, the paper's metrics.
+        """PPO's evaluation record: learned return (total and per step), exact per-step KL to pi_BC and entropy, the paper's metrics,
+        and, with splits, each split's learned return and metrics (`splits`: split -> {learned_return, metrics}).
 
         Metrics that cannot be computed (fewer than 2 clips, degenerate data) are None: an
         evaluation never stops training. The metrics' warnings, which repeat at every evaluation,
@@ -227,12 +244,24 @@ class HeldOutEvaluation:
         """
         dances = self.dance(policy, reference_policy)
         per_step = dances.learned_returns / torch.as_tensor(self.pieces.steps - 1) if dances.learned_returns is not None else None
-        return {
+        record = {
             "learned_return": dances.learned_return,
             "learned_return_per_step": float(per_step.mean()) if per_step is not None else None,
             "kl": dances.kl,
+            "entropy": dances.entropy,
             "metrics": self._metrics_while_training(dances.clips) if dances.clips else None,
         }
+        if self.splits:
+            row_of = {name: row for row, name in enumerate(self.pieces.names)}
+            record["splits"] = {}
+            for split, names in self.splits.items():
+                returns = dances.learned_returns[[row_of[name] for name in names]] if dances.learned_returns is not None else None
+                clips = {name: dances.clips[name] for name in names if name in dances.clips}
+                record["splits"][split] = {
+                    "learned_return": float(returns.mean()) if returns is not None and len(returns) else None,
+                    "metrics": self._metrics_while_training(clips) if clips else None,
+                }
+        return record
 
     def _metrics_while_training(self, clips: dict[str, np.ndarray]) -> dict[str, float | None] | None:
         if len(clips) < 2:

@@ -19,14 +19,19 @@ reward of each of the T-1 actions, a (B, T-1) tensor; the PPO trainer adds the K
   consistency of the upper and lower half body", paper Table 2 discussion). Bailando ships the
   orientation term with weight 0; `orientation_weight` (lambda) is the recipe's.
 
-`RewardNormalization` optionally rescales the task reward so that, on behaviour-cloning rollouts,
-the episode return has mean 0 and standard deviation 1: every step is divided by `scale` and
-`shift / scale` is taken off the last step, so the return becomes (R - shift) / scale for sparse
-and dense rewards alike. The trainer estimates it once on BC samples and records it in checkpoints.
+`RewardNormalization` optionally rescales the task reward so that the episode return has mean 0
+and standard deviation 1 under the running statistics of every return PPO has gathered so far
+(Welford's mean and sum of squared deviations, merged buffer by buffer as Chan et al. do): every
+step is divided by `scale` and `shift / scale` is taken off the last step, so the return becomes
+(R - shift) / scale for sparse and dense rewards alike. The value network then learns targets of
+unit scale whatever the reward model's scale is, and beta of the KL penalty keeps its meaning
+(nats per standard deviation of return) when the reward model changes. The trainer updates it
+with each step's buffer before computing advantages and records it in checkpoints.
 """
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from typing import ClassVar
@@ -163,18 +168,37 @@ class BeatAlignmentReward(RewardFunction):
 
 @dataclass
 class RewardNormalization:
-    """Affine rescaling of the task reward: the return R becomes (R - shift) / scale (see module docstring)."""
+    """Running mean and standard deviation of the task return; R becomes (R - shift) / scale (see module docstring).
 
-    shift: float = 0.0
-    scale: float = 1.0
+    `count`, `mean` and `m2` (the sum of squared deviations from the mean) are all the state; they
+    are plain floats so that a checkpoint's trainer_state.json restores them exactly.
+    """
 
-    @classmethod
-    def fit(cls, returns: torch.Tensor) -> RewardNormalization:
-        """Mean and standard deviation of behaviour-cloning returns."""
-        returns = returns.double()
-        if returns.numel() < 2 or not bool(torch.isfinite(returns).all()):
-            raise E3D2Error(f"reward normalisation: needs at least 2 finite returns, got {returns.numel()}")
-        return cls(shift=float(returns.mean()), scale=max(float(returns.std()), 1e-8))
+    count: int = 0
+    mean: float = 0.0
+    m2: float = 0.0
+
+    def update(self, returns: torch.Tensor) -> None:
+        """Merge a buffer of episode returns into the statistics (Chan et al.'s pairwise update)."""
+        returns = returns.detach().double().flatten().cpu()
+        if returns.numel() == 0 or not bool(torch.isfinite(returns).all()):
+            raise E3D2Error(f"reward normalisation: needs finite returns, got {returns.numel()} with some non-finite or none")
+        count, mean = returns.numel(), float(returns.mean())
+        m2 = float(((returns - mean) ** 2).sum())
+        total = self.count + count
+        delta = mean - self.mean
+        self.mean += delta * count / total
+        self.m2 += m2 + delta * delta * self.count * count / total
+        self.count = total
+
+    @property
+    def shift(self) -> float:
+        return self.mean
+
+    @property
+    def scale(self) -> float:
+        """Standard deviation of every return seen (population, as numpy's default), at least 1e-8."""
+        return max(math.sqrt(self.m2 / self.count), 1e-8) if self.count else 1.0
 
     def __call__(self, rewards: torch.Tensor) -> torch.Tensor:
         normalised = rewards / self.scale

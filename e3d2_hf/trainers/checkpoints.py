@@ -2,6 +2,7 @@
 
     OUTPUT/checkpoints/checkpoint-NNNNNN/
         model.safetensors     the trained weights (PPO: policy + value network)
+        best_policy.safetensors  the weights kept as the best so far, when the trainer keeps one (PPO: `best_policy_metric`)
         optimizer.pt          the optimizer's state
         rng_state.pt          the global torch / numpy / python (/ CUDA) RNG states
         trainer_state.json    everything else the loop needs to continue (step, beta, curves ...)
@@ -36,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 WEIGHTS_FILE = "model.safetensors"
+BEST_WEIGHTS_FILE = "best_policy.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 RNG_FILE = "rng_state.pt"
 STATE_FILE = "trainer_state.json"
@@ -92,11 +94,15 @@ def save_checkpoint(
     trainer_state: dict[str, Any],
     keep: int,
     config: dict[str, Any] | None = None,
+    best_weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write the checkpoint of `step` atomically (with the current RNG states and `config`), then delete all but the newest `keep`."""
+    """Write the checkpoint of `step` atomically (with the current RNG states, `config` and the `best_weights` kept so far),
+    then delete all but the newest `keep`."""
     folder = checkpoint_folder(output_dir, step)
     with atomic_directory(folder) as tmp:
         save_file(weights, str(tmp / WEIGHTS_FILE))
+        if best_weights is not None:
+            save_file(best_weights, str(tmp / BEST_WEIGHTS_FILE))
         torch.save(optimizer_state, tmp / OPTIMIZER_FILE)
         torch.save(capture_rng_states(), tmp / RNG_FILE)
         if config is not None:
@@ -117,12 +123,16 @@ class Checkpoint:
     rng_states: dict[str, Any]
     trainer_state: dict[str, Any]
     config: dict[str, Any] | None  # None: written before checkpoints recorded their config
+    best_weights: dict[str, torch.Tensor] | None = None  # None: the trainer kept none
 
 
 def load_checkpoint(folder: Path, device: torch.device | str) -> Checkpoint:
     """Every file of a checkpoint (weights and optimizer onto `device`); `E3D2Error` naming the file that is unreadable."""
     weights = read_safetensors(folder / WEIGHTS_FILE, device)
     check_finite_weights(weights, folder / WEIGHTS_FILE)
+    best_weights = read_safetensors(folder / BEST_WEIGHTS_FILE, "cpu") if (folder / BEST_WEIGHTS_FILE).is_file() else None
+    if best_weights is not None:
+        check_finite_weights(best_weights, folder / BEST_WEIGHTS_FILE)
     config_file = folder / CONFIG_FILE
     return Checkpoint(
         folder=folder,
@@ -131,6 +141,7 @@ def load_checkpoint(folder: Path, device: torch.device | str) -> Checkpoint:
         rng_states=_read(folder / RNG_FILE, lambda path: torch.load(path, weights_only=True)),
         trainer_state=_read(folder / STATE_FILE, lambda path: json.loads(path.read_text())),
         config=_read(config_file, lambda path: json.loads(path.read_text())) if config_file.is_file() else None,
+        best_weights=best_weights,
     )
 
 

@@ -16,16 +16,18 @@ Reads RUN/bc (policy + its VQ-VAE), RUN/reward, RUN/data and the shared pose-cod
 (`e3d2_hf.trainers.pose_codes`, encoded there with the policy's VQ-VAE when missing or stale).
 Outputs in `output_dir` (RUN/ppo):
     checkpoints/checkpoint-NNNNNN/  model.safetensors (policy + value network), optimizer.pt,
-                           rng_state.pt, trainer_state.json; written atomically, the last
+                           rng_state.pt, trainer_state.json (+ best_policy.safetensors, the best
+                           policy so far, with `best_policy_metric`); written atomically, the last
                            `save_total_limit` kept; `--resume` continues from the newest
-    log.jsonl              one line per PPO step (and per evaluation)
-    curves.png             learned return, KL, entropy, explained variance, held-out FID_k and Div_k over steps
+    log.jsonl              one line per PPO step (and per evaluation: the whole held-out set and each split alone)
+    curves.png             learned return, KL, entropy, explained variance, held-out FID_k, Div_k and BAS, beta over steps
     tensorboard/           tracker logs
-    policy/                the final policy: `save_pretrained` + its VQ-VAE (policy/vqvae) + model
-                           card; `AutoModelForCausalLM.from_pretrained(RUN/ppo/policy)` after
+    policy/                the final policy (with `best_policy_metric`: the best on `best_policy_split`):
+                           `save_pretrained` + its VQ-VAE (policy/vqvae) + model card;
+                           `AutoModelForCausalLM.from_pretrained(RUN/ppo/policy)` after
                            `import e3d2_hf.models.modeling_policy`
-    summary.json           written last: BC vs final learned return and metrics on held-out music,
-                           KL, steps, samples/s, curves
+    summary.json           written last: BC vs the saved policy's learned return and metrics on held-out
+                           music, which step's policy was saved and why, KL, steps, samples/s, curves
 
 Processes: one CPU process, one GPU, or DDP over several processes. On CPU-only machines,
 `accelerate launch --cpu --num_processes 2` starts ONE process (accelerate 1.15's simple launcher);
@@ -88,6 +90,7 @@ def train_ppo(config: PPOConfig) -> Path:
                 temperature=config.temperature,
                 top_k=config.top_k,
                 seed=config.seed,
+                splits={split: [str(name) for name in codes[split]["name"]] for split in config.eval_splits},
             )
         trainer = PPOTrainer(config, policy, reward_function, segments, learned_reward=learned_reward, evaluator=evaluator, accelerator=accelerator)
         summary = trainer.train()

@@ -19,6 +19,8 @@ from e3d2_hf.trainers.publishing import check_can_upload
 from e3d2_hf.utils import E3D2Error, non_finite_fields
 
 REWARDS = ("learned", "beat")
+# The held-out numbers that may choose the saved policy, each with +1 where higher is better, -1 where lower is.
+BEST_POLICY_METRICS = {"BAS": 1, "FID_k": -1, "FID_g": -1, "learned_return": 1}
 ADVANTAGE_ESTIMATORS = ("return", "gae")
 # Fields a resumed run may change freely: where things go, how often they are logged, saved and
 # evaluated, on which device. Every other field alters the run (max_steps is checked on its own).
@@ -60,8 +62,9 @@ class PPOConfig:
     reward: str = field(default="learned", metadata={"help": "'learned' (reward model, Eq. 4) or 'beat' (Bailando's, Table 2)."})
     beat_reward: float = field(default=BAILANDO_BEAT_REWARD, metadata={"help": "+/- per 8-frame window (beat reward)."})
     orientation_weight: float = field(default=0.0, metadata={"help": "lambda of the orientation term (beat reward)."})
-    reward_normalization: bool = field(default=False, metadata={"help": "Rescale the task return to mean 0, std 1 on BC rollouts."})
-    normalization_segments: int = field(default=512, metadata={"help": "BC rollouts that estimate the normalisation."})
+    reward_normalization: bool = field(
+        default=False, metadata={"help": "Rescale the task return by the running mean and std of every return gathered so far."}
+    )
 
     # KL penalty to the BC policy
     kl_beta: float = field(default=5e-3, metadata={"help": "beta of the per-step KL penalty (paper 5e-3)."})
@@ -81,6 +84,10 @@ class PPOConfig:
     value_shared_layers: int | None = field(default=None, metadata={"help": "Policy blocks shared with the value network (None: the policy's num_base_layers)."})
     value_num_layers: int = field(default=3, metadata={"help": "Own blocks of the value network (paper 3)."})
     value_num_attention_heads: int | None = field(default=None, metadata={"help": "Heads of the value blocks (None: the policy's)."})
+    value_detach_base: bool = field(
+        default=False, metadata={"help": "Keep the value loss out of the shared blocks (Bailando computes the shared base without gradient)."}
+    )
+    value_learning_rate: float | None = field(default=None, metadata={"help": "AdamW learning rate of the value network's own parameters (None: learning_rate)."})
 
     # Optimisation
     max_steps: int = field(default=100, metadata={"help": "PPO steps (rollouts + update each)."})
@@ -98,6 +105,16 @@ class PPOConfig:
     eval_seconds: float | None = field(default=20.0, metadata={"help": "Dance the first S seconds of each piece (None: all)."})
     eval_do_sample: bool = field(default=True, metadata={"help": "Sample evaluation dances (seeded) as in training; false: greedy."})
     eval_metrics: bool = field(default=True, metadata={"help": "Compute the paper's metrics (FID, Div, BAS) at each evaluation."})
+    best_policy_metric: str | None = field(
+        default=None,
+        metadata={
+            "help": "Save as RUN/ppo/policy the policy of the PPO evaluation (step >= 1) with the best value of this held-out number on "
+            "best_policy_split: 'BAS' (higher is better), 'FID_k', 'FID_g' (lower), 'learned_return' (higher); None: the last policy."
+        },
+    )
+    best_policy_split: str = field(
+        default="val", metadata={"help": "The held-out split (one of eval_splits) whose dances choose the saved policy; not Table 1's test split."}
+    )
     report_to: str = field(default="tensorboard", metadata={"help": "Accelerate tracker ('tensorboard', 'wandb', ... or 'none')."})
     logging_steps: int = field(default=1, metadata={"help": "Log every N PPO steps (trackers and log.jsonl)."})
     save_steps: int = field(default=10, metadata={"help": "Checkpoint every N PPO steps."})
@@ -136,7 +153,6 @@ class PPOConfig:
             "save_steps": self.save_steps,
             "save_total_limit": self.save_total_limit,
             "kl_horizon": self.kl_horizon,
-            "normalization_segments": self.normalization_segments - 1,
         }
         problems += [f"{name} is too small ({getattr(self, name)})" for name, value in positive.items() if value < 1]
         if self.rollout_segments is not None and self.rollout_segments < 1:
@@ -147,8 +163,17 @@ class PPOConfig:
             problems.append(f"kl_beta must not be negative and kl_target must be positive, got {self.kl_beta}, {self.kl_target}")
         if not (0 <= self.gamma <= 1 and 0 <= self.gae_lambda <= 1 and self.clip_ratio > 0 and self.max_grad_norm > 0):
             problems.append("gamma and gae_lambda must lie in [0, 1]; clip_ratio and max_grad_norm must be positive")
+        if self.learning_rate <= 0 or (self.value_learning_rate is not None and self.value_learning_rate <= 0):
+            problems.append(f"learning_rate and value_learning_rate must be positive, got {self.learning_rate}, {self.value_learning_rate}")
         if self.eval_steps < 0 or (self.eval_seconds is not None and self.eval_seconds <= 0):
             problems.append("eval_steps must not be negative and eval_seconds must be positive (or null)")
+        if self.best_policy_metric is not None:
+            if self.best_policy_metric not in BEST_POLICY_METRICS:
+                problems.append(f"best_policy_metric must be one of {tuple(BEST_POLICY_METRICS)} or null, got {self.best_policy_metric!r}")
+            if self.best_policy_split not in self.eval_splits:
+                problems.append(f"best_policy_split {self.best_policy_split!r} is not one of eval_splits {self.eval_splits}")
+            if self.best_policy_metric != "learned_return" and not self.eval_metrics:
+                problems.append(f"best_policy_metric {self.best_policy_metric!r} needs eval_metrics true")
         problems += non_finite_fields(self)
         if problems:
             raise E3D2Error("ppo: " + "; ".join(problems))
@@ -187,4 +212,4 @@ def _within(path: str | None, run_dir: str | None) -> str | None:
     return os.path.relpath(absolute, root) if absolute == root or absolute.startswith(root + os.sep) else absolute
 
 
-__all__ = ["ADVANTAGE_ESTIMATORS", "PATH_FIELDS", "REWARDS", "RESUME_NEUTRAL_FIELDS", "PPOConfig"]
+__all__ = ["ADVANTAGE_ESTIMATORS", "BEST_POLICY_METRICS", "PATH_FIELDS", "REWARDS", "RESUME_NEUTRAL_FIELDS", "PPOConfig"]

@@ -1,9 +1,11 @@
 """RUN/ppo/curves.png: PPO's training at a glance, drawn from its log.jsonl.
 
-Six panels over PPO steps: the learned return (training rollouts, and the held-out dances at each
-evaluation), the per-step KL to the behaviour-cloning policy (the same two), the policy's entropy,
-the value network's explained variance, and the held-out FID_k and Div_k (paper Table 1) at each
-evaluation. Step 0 is the behaviour-cloning policy's evaluation, the reference the others move from.
+Eight panels over PPO steps: the learned return (training rollouts, and the held-out dances at each
+evaluation), the per-step KL to the behaviour-cloning policy and the policy's entropy (the same two),
+the value network's explained variance, the held-out FID_k, Div_k and BAS (paper Table 1) at each
+evaluation, and beta of the KL penalty. Side by side they show reward hacking: a learned return
+that rises while the held-out metrics fall. Step 0 is the behaviour-cloning policy's evaluation, the
+reference the others move from; a dashed line marks the step of the saved policy when it is not the last.
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ CURVES_FILE = "curves.png"
 PANELS = (
     ("learned return", "learned_return", "learned_return", None),
     ("per-step KL to the BC policy", "kl", "kl", None),
-    ("entropy", "entropy", None, None),
+    ("entropy per step", "entropy", "entropy", None),
     ("explained variance", "explained_variance", None, None),
     ("held-out FID_k (lower is better)", None, None, "FID_k"),
     ("held-out Div_k", None, None, "Div_k"),
+    ("held-out BAS", None, None, "BAS"),
+    ("beta of the KL penalty", "kl_beta", None, None),
 )
 
 
@@ -59,13 +63,14 @@ def _series(entries: list[dict[str, Any]], key: str, metrics: bool = False) -> t
     return [step for step, _ in points], [value for _, value in points]
 
 
-def plot_curves(log_path: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """Draw the PPO curves of `log_path` into `out` (a PNG, written atomically); returns `out`."""
+def plot_curves(log_path: str | os.PathLike, out: str | os.PathLike, saved_step: int | None = None) -> Path:
+    """Draw the PPO curves of `log_path` into `out` (a PNG, written atomically), `saved_step` marked when it is not the last step; returns `out`."""
     from matplotlib.figure import Figure  # no pyplot: no global backend, no display needed (Agg canvas)
 
     steps, evaluations = read_log(log_path)
-    figure = Figure(figsize=(12, 6.4), dpi=100)
-    for axes, (title, step_key, eval_key, metric_key) in zip(figure.subplots(2, 3).flat, PANELS):
+    last_step = max((entry["step"] for entry in steps if _number(entry.get("step")) is not None), default=None)
+    figure = Figure(figsize=(16, 6.4), dpi=100)
+    for axes, (title, step_key, eval_key, metric_key) in zip(figure.subplots(2, 4).flat, PANELS):
         if step_key is not None:
             axes.plot(*_series(steps, step_key), color="C0", label="training rollouts", linewidth=1.2)
         if eval_key is not None or metric_key is not None:
@@ -73,6 +78,8 @@ def plot_curves(log_path: str | os.PathLike, out: str | os.PathLike) -> Path:
             axes.plot(x, y, color="C1", marker="o", label="held-out music (step 0: BC)", linewidth=1.2)
         if step_key is not None and (eval_key is not None or metric_key is not None):
             axes.legend(fontsize=7)
+        if saved_step is not None and saved_step != last_step:
+            axes.axvline(saved_step, color="C3", linestyle="--", linewidth=1.0)
         axes.set(title=title, xlabel="PPO step")
         axes.grid(alpha=0.3)
     figure.suptitle(f"PPO: {len(steps)} logged steps, {len(evaluations)} evaluations ({Path(log_path).name})", fontsize=10)

@@ -22,7 +22,8 @@ CARD_KEYS = (
     "reward", "segment_steps", "segment_stride", "rollout_segments", "temperature", "top_k", "kl_beta", "kl_target",
     "advantage_estimator", "gamma", "gae_lambda", "whiten_advantages", "clip_ratio", "value_loss_weight",
     "entropy_loss_weight", "value_shared_layers", "value_num_layers", "max_steps", "num_ppo_epochs",
-    "train_batch_size", "learning_rate", "weight_decay", "max_grad_norm", "reward_normalization", "seed",
+    "train_batch_size", "learning_rate", "weight_decay", "max_grad_norm", "reward_normalization", "value_learning_rate",
+    "value_detach_base", "best_policy_metric", "seed",
 )  # fmt: skip
 
 
@@ -37,7 +38,8 @@ def model_card(config: PPOConfig, summary: dict[str, Any]) -> ModelCard:
             'from Automatically-Ranked Demonstrations"). Fine-tuned from the behaviour-cloning policy with PPO on the '
             f"**{summary['reward']}** reward for {summary['steps']} steps ({summary['episodes']} episodes of "
             f"{config.segment_steps - 1} actions), with a per-step KL penalty to the behaviour-cloning policy. "
-            "Its VQ-VAE is in `vqvae/` and loads with it."
+            + _saved_policy(summary)
+            + "Its VQ-VAE is in `vqvae/` and loads with it."
         ),
         tags=["ppo", "reinforcement-learning", "rlhf"],
         auto_class="AutoModelForCausalLM",
@@ -63,6 +65,17 @@ def model_card(config: PPOConfig, summary: dict[str, Any]) -> ModelCard:
         data=data,
         results=eval_results({key: metrics_final.get(key) for key in METRIC_KEYS}, data),
         base_model=uploaded_as(config.policy_path),
+    )
+
+
+def _saved_policy(summary: dict[str, Any]) -> str:
+    """Which step's policy this is, when an evaluation chose it rather than the last step."""
+    best = summary.get("best_policy")
+    if not best:
+        return ""
+    return (
+        f"This is the policy of step {best['step']}, the evaluation with the best {best['metric']} on the held-out "
+        f"{best['split']} music ({format_value(best['value'])}; behaviour cloning: {format_value(best['bc_value'])}). "
     )
 
 

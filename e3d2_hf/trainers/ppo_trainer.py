@@ -11,21 +11,27 @@ Accelerate gives devices, DDP gradient sync, gathering statistics and trackers.
    eps noise) through deterministic transitions (`e3d2_hf.rl.environment`); then, under the same
    distribution, log pi_old(a_t|s_t), log pi_BC(a_t|s_t) (the frozen BC policy) and V(s_t).
 2. Rewards: the task reward (`e3d2_hf.rl.rewards`: the learned return at the last step, paper
-   Eq. 4, or Bailando's beat reward), optionally normalised, minus beta times the per-step KL
-   log pi_old - log pi_BC (the logged `kl`); beta fixed (paper 5e-3) or adapted to `kl_target`.
+   Eq. 4, or Bailando's beat reward), optionally normalised (`reward_normalization`: by the running
+   mean and std of every return gathered so far, this buffer's included), minus beta times the
+   per-step KL log pi_old - log pi_BC (the logged `kl`); beta fixed (paper 5e-3) or adapted to `kl_target`.
 3. Advantages (gamma = 1): A_t = G_t - V(s_t) (paper Eq. 14, default) or GAE, whitened over the
    whole buffer (all processes).
 4. Update: `num_ppo_epochs` (paper: 1) passes over the buffer in minibatches of `train_batch_size`
    (global, paper 512) on L_clip + c_V L_V - c_H H (eps 0.2, paper Eq. 16; c_V 0.1, c_H 0),
-   gradient norm clipped to 0.5, AdamW lr 3e-4.
+   AdamW lr 3e-4 (the value network's own weights: `value_learning_rate`), the gradient norms of
+   the policy and of the value network's own weights each clipped to 0.5.
 5. Logging (trackers, `OUTPUT/log.jsonl`, drawn at the end as `OUTPUT/curves.png`), evaluation
-   every `eval_steps` by the `evaluator` it is given (`train_ppo` gives the held-out evaluation),
-   checkpoints every `save_steps` (`e3d2_hf.trainers.checkpoints`).
+   every `eval_steps` and at the end by the `evaluator` it is given (`train_ppo` gives the held-out
+   evaluation), checkpoints every `save_steps` (`e3d2_hf.trainers.checkpoints`). The saved policy
+   is the last one, or with `best_policy_metric` that of the PPO evaluation (step >= 1) best on the
+   `best_policy_split` dances alone (val: never the test numbers Table 1 reports), a guard
+   against a learned return that rises while the dances get worse (reward hacking).
 
 Policy and value network are one module (`PolicyWithValueHead`): the value network shares the
 policy's first `value_shared_layers` blocks (paper 6), then has its own `value_num_layers` blocks
-(paper 3) and a zero-initialised scalar head. Dropout is switched off for PPO (recomputed
-log-probs must equal the rollout's; the saved config keeps the BC values).
+(paper 3) and a zero-initialised scalar head; with `value_detach_base` the value loss does not
+train the shared blocks. Dropout is switched off for PPO (recomputed log-probs must equal the
+rollout's; the saved config keeps the BC values).
 """
 
 from __future__ import annotations
@@ -64,7 +70,7 @@ from e3d2_hf.rl.ppo_formulas import (
 from e3d2_hf.rl.rewards import LearnedReward, RewardFunction, RewardNormalization
 from e3d2_hf.rl.seeding import seed_of
 from e3d2_hf.trainers import checkpoints, distributed
-from e3d2_hf.trainers.ppo_config import PPOConfig
+from e3d2_hf.trainers.ppo_config import BEST_POLICY_METRICS, PPOConfig
 from e3d2_hf.trainers.ppo_curves import CURVES_FILE, plot_curves
 from e3d2_hf.trainers.ppo_model_card import model_card, push_to_hub
 from e3d2_hf.utils import E3D2Error, atomic_directory, atomic_file
@@ -89,6 +95,7 @@ class TrainerState:
     total_samples: int = 0
     train_seconds: float = 0.0
     config_changes: list[dict[str, Any]] = field(default_factory=list)  # settings a resume changed, and from which step
+    best_policy: dict[str, Any] | None = None  # the evaluation that chose the saved policy so far: step, split, metric, value
 
 
 class PolicyEvaluator(Protocol):
@@ -162,8 +169,13 @@ class PPOTrainer:
             layer_norm_eps=policy.config.layer_norm_eps,
             initializer_range=policy.config.initializer_range,
         )
-        model = PolicyWithValueHead(policy, value_head, config.value_shared_layers).to(device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+        model = PolicyWithValueHead(policy, value_head, config.value_shared_layers, detach_base=config.value_detach_base).to(device)
+        optimizer = torch.optim.AdamW(
+            [{"params": list(model.policy.parameters())}, {"params": list(model.value_head.parameters())}],
+            lr=config.learning_rate,
+            weight_decay=config.weight_decay,
+        )
+        self._set_learning_rates(optimizer)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
 
         world = self.accelerator.num_processes
@@ -182,8 +194,9 @@ class PPOTrainer:
                 f"{config.gradient_accumulation_steps} gradient-accumulation steps"
             )
         self.kl_controller = KLController(config.kl_beta, config.kl_target, config.kl_horizon)
-        self.normalization: RewardNormalization | None = None
+        self.normalization = RewardNormalization() if config.reward_normalization else None
         self.state = TrainerState(kl_beta=config.kl_beta)
+        self.best_weights: dict[str, torch.Tensor] | None = None  # the policy of `state.best_policy` (main process)
 
     @property
     def policy(self) -> E3D2PolicyModel:
@@ -208,9 +221,6 @@ class PPOTrainer:
             self.state.bc_evaluation = self.evaluate()
             if self.state.bc_evaluation is not None:
                 self.log({"eval": self.state.bc_evaluation}, step=0)
-        if config.reward_normalization and self.normalization is None:  # a new run, or a resume whose reward changed
-            self.normalization = self.fit_reward_normalization()
-            logger.info("reward normalisation on BC rollouts: shift %.4g, scale %.4g", self.normalization.shift, self.normalization.scale)
 
         for step in range(self.state.step, config.max_steps):
             stats = self.ppo_step(step)
@@ -218,24 +228,21 @@ class PPOTrainer:
             self.state.history.append({"step": self.state.step, **{key: stats[key] for key in ("learned_return", "task_return", "kl") if key in stats}})
             if self.state.step % config.logging_steps == 0 or self.state.step == config.max_steps:
                 self.log(stats, step=self.state.step)
-            if config.eval_steps and self.state.step % config.eval_steps == 0 and self.state.step != config.max_steps:
+            if config.eval_steps and self.state.step % config.eval_steps == 0 or self.state.step == config.max_steps:
                 evaluation = self.evaluate()
                 if evaluation is not None:
                     self.state.evaluations.append({"step": self.state.step, **evaluation})
                     self.log({"eval": evaluation}, step=self.state.step)
+                    self.consider_best_policy(evaluation)
             if self.state.step % config.save_steps == 0 or self.state.step == config.max_steps:
                 self.save_checkpoint()
 
-        final = self.evaluate()
-        if final is not None:
-            self.state.evaluations.append({"step": self.state.step, **final})
-            self.log({"eval": final}, step=self.state.step)
-        summary = self.summary(final)
+        summary = self.summary()
         self.save_model(self.output_dir / POLICY_FOLDER, summary)
         if config.push_to_hub:
             summary["pushed_to_hub"] = self.accelerator.is_main_process and push_to_hub(config, self.output_dir / POLICY_FOLDER)
         if self.accelerator.is_main_process:  # curves beside the log; summary.json last: its presence marks a finished run
-            plot_curves(self.output_dir / LOG_FILE, self.output_dir / CURVES_FILE)
+            plot_curves(self.output_dir / LOG_FILE, self.output_dir / CURVES_FILE, saved_step=summary["policy_step"])
             with atomic_file(self.output_dir / SUMMARY_FILE, "w") as handle:
                 handle.write(json.dumps(summary, indent=2) + "\n")
         self.accelerator.wait_for_everyone()
@@ -246,6 +253,8 @@ class PPOTrainer:
         """Rollouts, rewards, advantages and the update of PPO step `step` (0-based); returns its statistics."""
         started = time.perf_counter()
         rollouts = self.collect_rollouts(step)
+        if self.normalization is not None:  # this buffer's returns join the statistics before they rescale it
+            self.normalization.update(self.accelerator.gather(rollouts["task_rewards"].sum(-1)))
         rollouts.update(self.advantages_and_returns(rollouts))
         gathered = {key: self.accelerator.gather(rollouts[key]) for key in ("values", "returns")}
         stats = {
@@ -259,6 +268,8 @@ class PPOTrainer:
             "explained_variance": explained_variance(gathered["values"], gathered["returns"]),
             "kl_beta": self.kl_controller.value,
         }
+        if self.normalization is not None:
+            stats.update(reward_shift=self.normalization.shift, reward_scale=self.normalization.scale)
         stats.update(self.optimize(rollouts, step))
         self.kl_controller.update(stats["kl"], self.rollout_segments)
         seconds = time.perf_counter() - started
@@ -390,7 +401,7 @@ class PPOTrainer:
             for first in range(0, self.local_segments, self.local_batch_size):
                 rows = torch.as_tensor(order[first : first + self.local_batch_size], device=self.accelerator.device)
                 stats = self.backward_minibatch({key: value[rows] for key, value in data.items()})
-                stats["grad_norm"] = self.optimizer_step()
+                stats["grad_norm"], stats["value_grad_norm"] = self.optimizer_step()
                 for key, value in stats.items():
                     totals[key] = totals.get(key, 0.0) + value
                 updates += 1
@@ -434,32 +445,27 @@ class PPOTrainer:
         }
         return loss, stats
 
-    def optimizer_step(self) -> float:
-        """Clip the gradient norm (0.5), step AdamW, clear gradients; returns the norm before clipping."""
-        grad_norm = float(self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm))
-        if self._any_process(not math.isfinite(grad_norm)):
+    def optimizer_step(self) -> tuple[float, float]:
+        """Clip the gradient norms of the policy and of the value network's own weights (0.5 each), step AdamW,
+        clear gradients; returns both norms before clipping.
+
+        Clipped apart so that the value loss's gradients, large while the critic is wrong, do not
+        shrink the policy's step (clipped together, a value gradient 30x the policy's cut the policy's
+        step 30-fold in the tiny run).
+        """
+        self.accelerator.unscale_gradients()
+        policy_group, value_group = (group["params"] for group in self.optimizer.param_groups)
+        norms = [float(torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)) for params in (policy_group, value_group)]
+        if self._any_process(not all(math.isfinite(norm) for norm in norms)):
             self._stop("non-finite gradient norm")
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return grad_norm
+        return norms[0], norms[1]
 
-    # ------------------------------------------------------------------------------------------
-    # Reward normalisation on BC samples
-    # ------------------------------------------------------------------------------------------
-    def fit_reward_normalization(self) -> RewardNormalization:
-        """Shift and scale of the task return of BC rollouts on `normalization_segments` training segments."""
-        count = min(self.config.normalization_segments, len(self.segments))
-        count -= count % self.accelerator.num_processes
-        rows = np.random.default_rng(seed_of(self.config.seed, 1, 2, 3)).permutation(len(self.segments))[:count]
-        share = count // self.accelerator.num_processes
-        rank = self.accelerator.process_index
-        rows = rows[rank * share : (rank + 1) * share]
-        generator = torch.Generator(device=self.accelerator.device).manual_seed(seed_of(self.config.seed, -1, rank))
-        returns = []
-        for first in range(0, len(rows), self.config.per_device_rollout_batch_size):
-            episodes = self.segments.batch(rows[first : first + self.config.per_device_rollout_batch_size]).to(self.accelerator.device)
-            returns.append(self.reward_function(self.generate_episodes(episodes, generator)).sum(-1).float())
-        return RewardNormalization.fit(self.accelerator.gather(torch.cat(returns)).cpu())
+    def _set_learning_rates(self, optimizer: torch.optim.Optimizer) -> None:
+        """The recipe's learning rates and weight decay on the policy's and the value network's parameter groups."""
+        for group, lr in zip(optimizer.param_groups, (self.config.learning_rate, self.config.value_learning_rate or self.config.learning_rate)):
+            group["lr"], group["weight_decay"] = lr, self.config.weight_decay
 
     # ------------------------------------------------------------------------------------------
     # 5. Evaluation, summary, logging
@@ -470,11 +476,27 @@ class PPOTrainer:
             return None
         return self.evaluator.evaluate(self.policy, self.ref_policy)
 
-    def summary(self, final: dict[str, Any] | None) -> dict[str, Any]:
-        """summary.json: BC vs final policy on held-out music, KL, throughput, curves."""
+    def consider_best_policy(self, evaluation: dict[str, Any]) -> None:
+        """Keep the current policy's weights when its evaluation is the best so far by `best_policy_metric` on `best_policy_split`."""
+        metric, split = self.config.best_policy_metric, self.config.best_policy_split
+        if metric is None:
+            return
+        value = selection_value(evaluation, split, metric)
+        if value is None:
+            logger.warning("step %d: no %s of the %s dances; this policy cannot be chosen as the best", self.state.step, metric, split)
+            return
+        best = self.state.best_policy
+        if best is None or BEST_POLICY_METRICS[metric] * (value - best["value"]) > 0:
+            self.state.best_policy = {"step": self.state.step, "split": split, "metric": metric, "value": value}
+            self.best_weights = {name: tensor.detach().cpu().clone() for name, tensor in self.policy.state_dict().items()}
+
+    def summary(self) -> dict[str, Any]:
+        """summary.json: BC vs the saved policy on held-out music, KL, throughput, curves, which policy was saved and why."""
         bc = self.state.bc_evaluation or {}
-        final = final or {}
-        last = self.state.history[-1] if self.state.history else {}
+        best = self.state.best_policy if self.best_weights is not None else None
+        policy_step = best["step"] if best else self.state.step
+        final = next((record for record in reversed(self.state.evaluations) if record["step"] == policy_step), {})
+        last = next((point for point in reversed(self.state.history) if point["step"] == policy_step), {})
         return {
             "reward": self.reward_function.name,
             "steps": self.state.step,
@@ -489,6 +511,8 @@ class PPOTrainer:
             "kl_beta_final": self.kl_controller.value,
             "metrics_bc": bc.get("metrics"),
             "metrics_final": final.get("metrics"),
+            "policy_step": policy_step,
+            "best_policy": {**best, "bc_value": selection_value(bc, best["split"], best["metric"])} if best else None,
             "reward_normalization": self.normalization.to_dict() if self.normalization else None,
             "held_out_pieces": len(self.evaluator) if self.evaluator is not None else 0,
             "evaluations": self.state.evaluations,
@@ -496,8 +520,10 @@ class PPOTrainer:
             "training_curve": self.state.history,
             "notes": {
                 "learned_return": "mean over held-out pieces of the reward model's return, steps 1..S-1 in 29-step windows",
-                "kl_final": "mean per-step log pi - log pi_BC of the last step's rollouts (the KL in the reward)",
-                "kl_final_heldout": "exact mean per-step KL(pi || pi_BC) on the final held-out dances",
+                "final": "*_final and metrics_final describe the saved policy (RUN/ppo/policy), that of step policy_step",
+                "kl_final": "mean per-step log pi - log pi_BC of step policy_step's rollouts (the KL in the reward)",
+                "kl_final_heldout": "exact mean per-step KL(pi || pi_BC) on the saved policy's held-out dances",
+                "best_policy": "the evaluation (step >= 1) that chose the saved policy, and the BC policy's value of the same number",
             },
         }
 
@@ -526,13 +552,13 @@ class PPOTrainer:
             weights = {name: tensor.detach().cpu().contiguous() for name, tensor in self.accelerator.unwrap_model(self.model).state_dict().items()}
             checkpoints.save_checkpoint(
                 self.output_dir, self.state.step, weights, self.optimizer.state_dict(), dataclasses.asdict(self.state), self.config.save_total_limit,
-                config=self.config.to_dict(),
+                config=self.config.to_dict(), best_weights=self.best_weights,
             )  # fmt: skip
         self.accelerator.wait_for_everyone()
         return checkpoints.checkpoint_folder(self.output_dir, self.state.step)
 
     def resume_from(self, checkpoint: checkpoints.Checkpoint) -> None:
-        """Continue from `checkpoint`: weights, optimizer, RNG, step, beta, normalisation, evaluations.
+        """Continue from `checkpoint`: weights, optimizer, RNG, step, beta, normalisation, evaluations, the best policy so far.
 
         Refused when the checkpoint is past `max_steps`, or was made with settings that alter the run
         and `resume_with_changes` does not accept them; accepted changes take effect from the next
@@ -562,16 +588,19 @@ class PPOTrainer:
             self.optimizer.load_state_dict(checkpoint.optimizer_state)
         except (RuntimeError, ValueError, KeyError) as exc:
             raise E3D2Error(f"{folder}: its weights or optimizer do not fit this run's model ({short_reason(exc)}); the model cannot change on resume") from exc
-        for group in self.optimizer.param_groups:  # the optimizer's state carries the old values
-            group["lr"], group["weight_decay"] = config.learning_rate, config.weight_decay
+        self._set_learning_rates(self.optimizer)  # the optimizer's state carries the old values
         checkpoints.restore_rng_states(checkpoint.rng_states)
         self.state = state
         self.kl_controller.value = config.kl_beta if "kl_beta" in changes else state.kl_beta
-        reward_changed = bool(changes.keys() & {"reward", "reward_model_path", "beat_reward", "orientation_weight", "normalization_segments"})
+        reward_changed = bool(changes.keys() & {"reward", "reward_model_path", "beat_reward", "orientation_weight"})
         if state.reward_normalization and config.reward_normalization and not reward_changed:
             self.normalization = RewardNormalization(**state.reward_normalization)
-        else:
-            self.normalization = None  # off now, or fitted again on the new reward by `train`
+        else:  # off now, or gathered afresh from the next step on (a new reward, or switched on)
+            self.normalization = RewardNormalization() if config.reward_normalization else None
+        if state.best_policy and checkpoint.best_weights is not None and not changes.keys() & {"best_policy_metric", "best_policy_split"}:
+            self.best_weights = checkpoint.best_weights
+        else:  # none kept yet, or chosen by another number: chosen afresh from the next evaluation on
+            self.state.best_policy, self.best_weights = None, None
         if changes:
             logger.warning("resuming %s at step %d with changed settings, in effect from step %d: %s", folder, state.step, state.step + 1, described)
             self.state.config_changes.append({"step": state.step + 1, "changes": {name: {"from": then, "to": now} for name, (then, now) in changes.items()}})
@@ -601,11 +630,16 @@ class PPOTrainer:
     # The final policy
     # ------------------------------------------------------------------------------------------
     def save_model(self, directory: Path, summary: dict[str, Any]) -> None:
-        """`save_pretrained` of the trained policy with its VQ-VAE, a model card and the recipe, atomically."""
+        """`save_pretrained` of the trained policy (the best one when `best_policy_metric` chose one) with its VQ-VAE,
+        a model card and the recipe, atomically."""
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
+            policy = self.policy
+            if self.best_weights is not None:
+                policy = frozen_reference(self.policy)  # a copy sharing the VQ-VAE
+                policy.load_state_dict(self.best_weights)
             with atomic_directory(directory) as tmp:
-                self.policy.save_pretrained(tmp)
+                policy.save_pretrained(tmp)
                 model_card(self.config, summary).save(tmp / "README.md")
                 (tmp / "training_config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
         self.accelerator.wait_for_everyone()
@@ -644,6 +678,13 @@ def frozen_reference(policy: E3D2PolicyModel) -> E3D2PolicyModel:
     return reference.requires_grad_(False).eval()
 
 
+def selection_value(record: dict[str, Any], split: str, metric: str) -> float | None:
+    """An evaluation record's `metric` on the dances of `split` (the whole record when it holds one split only); None if missing."""
+    part = (record.get("splits") or {}).get(split, record)
+    value = part.get("learned_return") if metric == "learned_return" else (part.get("metrics") or {}).get(metric)
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
 def _flatten(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in record.items():
@@ -660,4 +701,4 @@ def _tracker_config(config: PPOConfig) -> dict[str, Any]:
     return {key: value if isinstance(value, (int, float, str, bool)) else str(value) for key, value in config.to_dict().items()}
 
 
-__all__ = ["POLICY_FOLDER", "PPOTrainer", "PolicyEvaluator", "TrainerState", "frozen_reference", "make_accelerator"]
+__all__ = ["POLICY_FOLDER", "PPOTrainer", "PolicyEvaluator", "TrainerState", "frozen_reference", "make_accelerator", "selection_value"]
