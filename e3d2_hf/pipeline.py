@@ -174,7 +174,7 @@ def _report(run: RunLayout, video: Path | None) -> dict[str, Any] | None:
         print(format_table_1(table))
     curves = run.ppo / CURVES_FILE
     if curves.is_file():
-        print(f"\nPPO's training curves (learned return, KL, entropy, explained variance, held-out FID_k, Div_k): {curves}")
+        print(f"\nPPO's training curves (learned return, KL and beta, entropy, explained variance, held-out FID_k, Div_k, BAS): {curves}")
     if video is not None:
         print(f"The dance (BC | E3D2, with the music): {video}")
     return table

@@ -252,7 +252,7 @@ def test_the_whole_pipeline_runs_on_the_synthetic_default(tmp_path, monkeypatch,
     assert "| E3D2 |" in printed and str(run_dir / "eval" / "dance" / "song.mp4") in printed
     assert set(json.loads((run_dir / "pipeline.json").read_text())) == set(pipeline.STAGE_NAMES)
 
-    assert f"PPO's training curves (learned return, KL, entropy, explained variance, held-out FID_k, Div_k): {run_dir / 'ppo' / 'curves.png'}" in printed
+    assert f"PPO's training curves (learned return, KL and beta, entropy, explained variance, held-out FID_k, Div_k, BAS): {run_dir / 'ppo' / 'curves.png'}" in printed
     assert (run_dir / "eval" / "dance" / "song_bc_smpl.npz").is_file()
 
     assert main(["pipeline", str(recipe), "--music", str(song)]) == 0  # everything done: only the report
