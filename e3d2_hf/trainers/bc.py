@@ -224,9 +224,13 @@ def bailando_window_starts(windows: SequenceWindows, frames_per_step: int) -> Su
     Its loop runs over dance frames (8 per step) up to the length of the 7.5 fps music (one row per
     step), so starts cover the first 1/frames_per_step of each dance (module docstring).
     """
-    sequence, start = windows.index[:, 0], windows.index[:, 1]
     steps = np.array([len(music) for music in windows.sequences["music_features_7p5"]], dtype=np.int64)
-    return Subset(windows, np.flatnonzero(frames_per_step * start < steps[sequence]).tolist())
+    return Subset(windows, np.flatnonzero(bailando_start_mask(windows.index, steps, frames_per_step)).tolist())
+
+
+def bailando_start_mask(index: np.ndarray, steps: np.ndarray, frames_per_step: int) -> np.ndarray:
+    """Which rows `[sequence, start]` of a window index Bailando's loader keeps, for dances of `steps` steps."""
+    return frames_per_step * index[:, 1] < steps[index[:, 0]]
 
 
 @torch.no_grad()
@@ -386,6 +390,7 @@ __all__ = [
     "BCTrainer",
     "BCTrainingConfig",
     "WINDOW_STARTS",
+    "bailando_start_mask",
     "bailando_window_starts",
     "code_windows",
     "collate_code_windows",
