@@ -62,11 +62,18 @@ def test_the_scale_check_measures_every_stage_of_a_tiny_recipe(tiny_check, tmp_p
     for name, stage in result["stages"].items():
         assert stage["flops_per_step"] > 0 and stage["operators_per_step"] > 0, name
         assert stage["seconds_per_step"] > 0 and stage["peak_memory_bytes"] > 0 and stage["steps"] > 0, name
+        assert 0 <= stage["convolution_flops_per_step"] <= stage["flops_per_step"]
         for device, peaks in scale_check.DEVICE_PEAKS.items():
-            for dtype, peak in peaks.items():
+            rate = scale_check.UTILISATION * 3600 / stage["steps"]
+            convolutions, others = stage["convolution_flops_per_step"], stage["flops_per_step"] - stage["convolution_flops_per_step"]
+            expected = {"bf16": stage["flops_per_step"] / (peaks["bf16"] * rate), "fp32": convolutions / (peaks["tf32"] * rate) + others / (peaks["fp32"] * rate)}
+            for dtype in scale_check.DTYPES:
                 hours = stage["projection"][device][dtype]
-                assert hours["flop_hours"] == pytest.approx(stage["flops_per_step"] * stage["steps"] / (peak * scale_check.UTILISATION) / 3600)
+                assert hours["flop_hours"] == pytest.approx(expected[dtype])
                 assert hours["hours"] == max(hours["flop_hours"], hours["floor_hours"]) > 0
+    # the VQ-VAE is convolutions, the policy none
+    assert result["stages"]["vqvae"]["convolution_flops_per_step"] > 0.9 * result["stages"]["vqvae"]["flops_per_step"]
+    assert result["stages"]["bc"]["convolution_flops_per_step"] == 0
     # every PPO FLOP is in one of its parts, and the rollouts are part of it
     ppo = result["stages"]["ppo"]
     assert sum(ppo["flops_per_step_parts"].values()) <= ppo["flops_per_step"] and ppo["flops_per_step_parts"]["rollout generation"] > 0
@@ -200,3 +207,30 @@ def test_gpu_check_without_cuda_says_so_in_one_line():
     result = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh")], capture_output=True, text=True, env=environment, timeout=120)
     assert result.returncode == 2 and result.stdout == ""
     one_error_line(result.stderr, "gpu_check: no CUDA GPU visible to")
+
+
+def test_the_fast_recipe_sees_the_same_samples_in_bigger_batches():
+    faithful, fast = (yaml.safe_load((ROOT / "recipes" / name).read_text()) for name in ("e3d2.yaml", "e3d2_fast.yaml"))
+    sections = ("vqvae", "bc")
+    assert {key: value for key, value in fast.items() if key not in (*sections, "run_name")} == {
+        key: value for key, value in faithful.items() if key not in (*sections, "run_name")
+    }, "demos, reward and PPO are the faithful recipe's"
+    for section, batch, rate, epochs in (
+        ("vqvae", "per_device_train_batch_size", "learning_rate", "num_train_epochs"),
+        ("vqvae", "root_per_device_train_batch_size", "root_learning_rate", "root_num_train_epochs"),
+        ("bc", "per_device_train_batch_size", "learning_rate", "num_train_epochs"),
+    ):
+        factor = fast[section][batch] / faithful[section][batch]
+        assert factor > 1 and fast[section][epochs] == faithful[section][epochs]
+        assert fast[section][rate] == pytest.approx(faithful[section][rate] * factor**0.5, rel=0.01), "the square-root rule"
+    factor = fast["vqvae"]["per_device_train_batch_size"] / faithful["vqvae"]["per_device_train_batch_size"]
+    assert fast["vqvae"]["codebook_decay"] == pytest.approx(faithful["vqvae"]["codebook_decay"] ** factor, abs=1e-4)
+    assert fast["vqvae"]["dead_code_threshold"] == faithful["vqvae"]["dead_code_threshold"] * factor
+    changed = {(section, key) for section in sections for key in set(fast[section]) | set(faithful[section]) if fast[section].get(key) != faithful[section].get(key)}
+    assert changed == {
+        ("vqvae", "per_device_train_batch_size"), ("vqvae", "learning_rate"), ("vqvae", "codebook_decay"), ("vqvae", "dead_code_threshold"),
+        ("vqvae", "root_per_device_train_batch_size"), ("vqvae", "root_learning_rate"),
+        ("bc", "per_device_train_batch_size"), ("bc", "learning_rate"), ("bc", "bf16"),
+    }  # fmt: skip
+    for config_cls, section in ((VQVAETrainingConfig, "vqvae"), (BCTrainingConfig, "bc")):
+        assert parse_recipe(config_cls, section, [str(ROOT / "recipes" / "e3d2_fast.yaml"), "--use_cpu", "true"]).bf16 == (section == "bc")

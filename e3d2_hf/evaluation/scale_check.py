@@ -112,11 +112,14 @@ AISTPP = DatasetSize(
 )
 
 # Dense (no sparsity) peak FLOP/s.
-DEVICE_PEAKS = {"H100 SXM": {"bf16": 989e12, "fp32": 67e12}, "A100 SXM": {"bf16": 312e12, "fp32": 19.5e12}}
+DEVICE_PEAKS = {
+    "H100 SXM": {"bf16": 989e12, "tf32": 495e12, "fp32": 67e12},
+    "A100 SXM": {"bf16": 312e12, "tf32": 156e12, "fp32": 19.5e12},
+}
 PEAK_SOURCES = (
-    "NVIDIA datasheets, dense: H100 SXM5 BF16 989 TFLOP/s (1,979 with sparsity), FP32 67; A100 SXM4 BF16 312 "
-    "(624 with sparsity), FP32 19.5. torch runs fp32 matrix products in full FP32 by default but lets cuDNN "
-    "convolutions use TF32 (H100 495, A100 156 TFLOP/s), so the VQ-VAE's fp32 hours are an upper bound."
+    "NVIDIA datasheets, dense (half the sparsity figures): H100 SXM5 BF16 989 TFLOP/s, TF32 495, FP32 67; A100 SXM4 "
+    "BF16 312, TF32 156, FP32 19.5. An fp32 stage runs as torch does by default: convolutions in TF32 (cuDNN may), "
+    "matrix products in full FP32 (torch.backends.cuda.matmul.allow_tf32 is off)."
 )
 UTILISATION = 0.4
 SECONDS_PER_OP = 10e-6
@@ -210,6 +213,7 @@ class StepMeter:
         self.warmup, self.timed, self.device = warmup, timed, device
         self.total_steps = warmup + 1 + timed
         self.flops = 0
+        self.convolution_flops = 0
         self.operators = 0
         self.host_syncs = 0
         self.seconds_per_step = math.nan
@@ -242,6 +246,8 @@ class StepMeter:
             operator_counter.__exit__(None, None, None)
             flop_counter.__exit__(None, None, None)
             self.flops = int(flop_counter.get_total_flops())
+            counts = flop_counter.get_flop_counts().get("Global", {})
+            self.convolution_flops = int(sum(flops for op, flops in counts.items() if "convolution" in str(op)))
             self.operators, self.host_syncs = operator_counter.operators, operator_counter.host_syncs
             self._counters = None
         elif step == self.total_steps - 1:
@@ -318,6 +324,7 @@ class StageCost:
             "trainable_parameters": self.trainable_parameters,
             "frozen_parameters": self.frozen_parameters,
             "flops_per_step": meter.flops,
+            "convolution_flops_per_step": meter.convolution_flops,
             "flops_per_step_parts": meter.part_flops,
             "operators_per_step": meter.operators,
             "host_syncs_per_step": meter.host_syncs,
@@ -349,8 +356,9 @@ class ScaleCheck:
     work_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()))
 
     def config(self, config_cls: type, section: str, *extra: str) -> Any:
-        """The stage's config as the stage would parse it from the recipe, its outputs in the work folder."""
-        argv = [self.recipe_path, "--run_dir", str(self.work_dir / "run"), "--output_dir", str(self.work_dir / section), *extra]
+        """The stage's config as the stage would parse it from the recipe on this device, its outputs in the work folder."""
+        argv = [self.recipe_path, "--run_dir", str(self.work_dir / "run"), "--output_dir", str(self.work_dir / section)]
+        argv += ["--use_cpu", str(self.device.type == "cpu").lower(), *extra]
         return parse_recipe(config_cls, section, [*argv, *self.overrides.get(section, [])])
 
     def trainer_config(self, config_cls: type, section: str) -> Any:
@@ -359,8 +367,7 @@ class ScaleCheck:
         return self.config(
             config_cls, section,
             "--max_steps", str(self.warmup + 1 + self.steps), "--save_strategy", "no", "--eval_strategy", "no",
-            "--report_to", "none", "--logging_steps", "1000000", "--disable_tqdm", "true", "--dataloader_num_workers", "0",
-            "--use_cpu", str(self.device.type == "cpu").lower(), *precision,
+            "--report_to", "none", "--logging_steps", "1000000", "--disable_tqdm", "true", "--dataloader_num_workers", "0", *precision,
         )  # fmt: skip
 
     def mixed_precision(self, config: Any) -> str:
@@ -486,7 +493,7 @@ def check_bc(check: ScaleCheck) -> StageCost:
 
 def check_demos(check: ScaleCheck) -> StageCost:
     """Stage 2: one `roll_out` batch of eps-greedy dances as long as the assumed mean dance."""
-    recipe_config = check.config(demos.DemosConfig, "demos", "--use_cpu", str(check.device.type == "cpu").lower())
+    recipe_config = check.config(demos.DemosConfig, "demos")
     config = dataclasses.replace(recipe_config, mixed_precision=check.mixed_precision(recipe_config))
     bc_config = check.config(bc.BCTrainingConfig, "bc")
     torch.manual_seed(check.seed)
@@ -592,7 +599,6 @@ def check_ppo(check: ScaleCheck, section: str) -> StageCost:
         rollout_segments=recipe_config.train_batch_size,
         report_to="none",
         eval_steps=0,
-        use_cpu=check.device.type == "cpu",
         mixed_precision=check.mixed_precision(recipe_config),
     )
     bc_config = check.config(bc.BCTrainingConfig, "bc")
@@ -645,13 +651,21 @@ def check_ppo(check: ScaleCheck, section: str) -> StageCost:
 # ----------------------------------------------------------------------------------------------
 def project(stage: dict[str, Any], utilisation: float, seconds_per_op: float) -> dict[str, Any]:
     """Hours of `stage`'s steps on each device of `DEVICE_PEAKS`: FLOP-bound, host-overhead floor and their max, per dtype
-    and "as_run" (the stage's own precision; fp16 counts at the bf16 peak, the same tensor-core rate)."""
+    and "as_run" (the stage's own precision; fp16 counts at the bf16 peak, the same tensor-core rate).
+
+    fp32 is torch's default: convolutions at the TF32 peak, everything else at the FP32 peak.
+    """
     floor_hours = stage["operators_per_step"] * stage["steps"] * seconds_per_op / 3600
+    convolutions, others = stage["convolution_flops_per_step"], stage["flops_per_step"] - stage["convolution_flops_per_step"]
     projection = {}
     for device, peaks in DEVICE_PEAKS.items():
         projection[device] = {}
-        for dtype, peak in peaks.items():
-            flop_hours = stage["flops_per_step"] * stage["steps"] / (peak * utilisation) / 3600
+        seconds_per_step = {
+            "bf16": stage["flops_per_step"] / (peaks["bf16"] * utilisation),
+            "fp32": convolutions / (peaks["tf32"] * utilisation) + others / (peaks["fp32"] * utilisation),
+        }
+        for dtype in DTYPES:
+            flop_hours = seconds_per_step[dtype] * stage["steps"] / 3600
             projection[device][dtype] = {"flop_hours": flop_hours, "floor_hours": floor_hours, "hours": max(flop_hours, floor_hours)}
         projection[device]["as_run"] = projection[device]["fp32" if stage["dtype"] == "fp32" else "bf16"]
     return projection
@@ -795,10 +809,10 @@ def _model_parameters(stages: dict[str, dict[str, Any]]) -> dict[str, int]:
 
 def _totals(stages: dict[str, dict[str, Any]]) -> dict[str, Any]:
     totals: dict[str, Any] = {"measured_hours": sum(stage["measured_hours"] for stage in stages.values()), "projection": {}}
-    for device, peaks in DEVICE_PEAKS.items():
+    for device in DEVICE_PEAKS:
         totals["projection"][device] = {
             dtype: {key: sum(stage["projection"][device][dtype][key] for stage in stages.values()) for key in ("flop_hours", "floor_hours", "hours")}
-            for dtype in (*peaks, "as_run")
+            for dtype in (*DTYPES, "as_run")
         }
     return totals
 
@@ -840,7 +854,7 @@ def markdown_table(result: dict[str, Any]) -> str:
         )
     totals = result["totals"]
     lines += [f"| **total** | | | | | | | | | | **{_number(totals['measured_hours'])}** |", ""]
-    columns = [(device, dtype) for device, peaks in DEVICE_PEAKS.items() for dtype in peaks]
+    columns = [(device, dtype) for device in DEVICE_PEAKS for dtype in DTYPES]
     names = " | ".join(f"{device} {dtype}" for device, dtype in columns)
     lines += [
         f"Projected hours on one GPU. FLOP-bound: FLOPs x steps / ({assumptions['utilisation']:.0%} of the dense peak). Host floor: "
