@@ -136,6 +136,43 @@ def test_training_windows_follow_bailandos_shift(tiny_run):
     np.testing.assert_array_equal(batch["lower_labels"][1].numpy(), sequences["lower_codes"][0][6:17])
 
 
+def test_bailando_window_starts_keep_only_the_first_eighth_of_each_dance():
+    steps = [101, 40, 29]  # AIST++'s mean dance (101 steps), a short one, one shorter than a window
+    sequences = {
+        "upper_codes": [np.arange(n) % CODEBOOK for n in steps],
+        "lower_codes": [np.zeros(n, dtype=np.int64) for n in steps],
+        "music_features_7p5": [np.zeros((n, 3), dtype=np.float32) for n in steps],
+    }
+    windows = bc.code_windows(sequences, 30, 1, "test")
+    assert len(windows) == 72 + 11  # ours: a window at every step
+    kept = bc.bailando_window_starts(windows, frames_per_step=8)
+    # Bailando's loop written out: dance frames i = 0, 8, 16, ... below the 7.5 fps music's length, whole windows only
+    expected = [(sequence, i // 8) for sequence, n in enumerate(steps) for i in range(0, n, 8) if i // 8 + 30 <= n]
+    assert [tuple(windows.index[index]) for index in kept.indices] == expected and len(expected) == 13 + 5
+    np.testing.assert_array_equal(kept[14]["upper_codes"], sequences["upper_codes"][1][1:31])
+
+
+def test_window_starts_select_the_training_windows(tiny_run, monkeypatch):
+    with pytest.raises(E3D2Error, match="window_starts must be one of"):
+        tiny_config(tiny_run, window_starts="every")
+    sizes = {}
+
+    class Stop(Exception):
+        pass
+
+    def record_and_stop(self, *args, **kwargs):
+        sizes[self.args.output_dir] = len(self.train_dataset)
+        raise Stop
+
+    monkeypatch.setattr(bc.BCTrainer, "train", record_and_stop)
+    for starts in bc.WINDOW_STARTS:
+        with pytest.raises(Stop):
+            bc.train_bc(tiny_config(tiny_run, window_starts=starts, window_stride=1, output_dir=str(tiny_run / f"bc_{starts}")))
+    by_rule = {starts: sizes[str(tiny_run / f".bc_{starts}.training")] for starts in bc.WINDOW_STARTS}
+    # 25, 22 and 20 steps, windows of 12: every step gives 14 + 11 + 9; the first eighth 4 + 3 + 3 (8k < steps)
+    assert by_rule == {"all": 14 + 11 + 9, "bailando": 4 + 3 + 3}
+
+
 def test_next_code_accuracy_counts_complete_and_partial_poses():
     sequences = {
         "upper_codes": [np.arange(6, dtype=np.int64) % 4],

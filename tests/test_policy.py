@@ -16,7 +16,7 @@ from safetensors import safe_open
 from e3d2_hf.models.configuration_policy import PolicyConfig
 from e3d2_hf.models.configuration_vqvae import VQVAEConfig
 from e3d2_hf.inference import music_to_joints
-from e3d2_hf.models.modeling_policy import E3D2PolicyModel, dance_to_inputs
+from e3d2_hf.models.modeling_policy import BAILANDO_RECOMPUTE_STEPS, E3D2PolicyModel, dance_to_inputs
 from e3d2_hf.models.modeling_vqvae import E3D2VQVAE
 from e3d2_hf.utils import E3D2Error
 
@@ -120,6 +120,33 @@ def test_recompute_window_equals_cache_inside_first_window_only():
         window = policy(upper_codes=upper[:, 31:60], lower_codes=lower[:, 31:60], music_features=music[:, 32:61])
         banded = policy(upper_codes=upper[:, :60], lower_codes=lower[:, :60], music_features=music[:, 1:61])
     assert (window.upper_logits[:, -1] - banded.upper_logits[:, -1]).abs().max() > 1e-3
+
+
+def test_recompute_steps_slides_bailandos_28_step_window_exactly():
+    policy = tiny_policy()
+    _, _, music = random_dance(2, 71)
+    first = torch.tensor([[3], [77]])
+    default = policy.generate(music, first, strategy="recompute_window")
+    assert torch.equal(policy.generate(music, first, strategy="recompute_window", recompute_steps=CONTEXT), default)
+    bailando = policy.generate(music, first, strategy="recompute_window", recompute_steps=BAILANDO_RECOMPUTE_STEPS)
+    # the first 28 chosen steps see at most 28 steps of the past, with either window
+    torch.testing.assert_close(bailando[:, :BAILANDO_RECOMPUTE_STEPS + 1], default[:, :BAILANDO_RECOMPUTE_STEPS + 1], rtol=0, atol=0)
+    # every later step is the greedy choice of one forward over exactly the 28 steps before it (music one frame ahead)
+    upper, lower = policy.split_pose_tokens(bailando)
+    with torch.no_grad():
+        for step in range(BAILANDO_RECOMPUTE_STEPS + 1, 71):
+            first_step = step - BAILANDO_RECOMPUTE_STEPS
+            out = policy(
+                upper_codes=upper[:, first_step:step], lower_codes=lower[:, first_step:step], music_features=music[:, first_step + 1 : step + 1]
+            )
+            assert torch.equal(out.upper_logits[:, -1].argmax(-1), upper[:, step]) and torch.equal(out.lower_logits[:, -1].argmax(-1), lower[:, step])
+        # a 29-step window scores that dance's step 29 differently: the option changes what is computed
+        wider = policy(upper_codes=upper[:, :29], lower_codes=lower[:, :29], music_features=music[:, 1:30])
+        narrower = policy(upper_codes=upper[:, 1:29], lower_codes=lower[:, 1:29], music_features=music[:, 2:30])
+    assert (wider.upper_logits[:, -1] - narrower.upper_logits[:, -1]).abs().max() > 1e-3
+    for steps, strategy in ((0, "recompute_window"), (CONTEXT + 1, "recompute_window"), (BAILANDO_RECOMPUTE_STEPS, "cache")):
+        with pytest.raises(E3D2Error, match="recompute_steps"):
+            policy.generate(music, first, strategy=strategy, recompute_steps=steps)
 
 
 def test_batched_generation_equals_one_dance_at_a_time():

@@ -36,9 +36,10 @@ dance with the banded mask (tested to the token). Beyond the first window this d
 inference, which re-encodes the last steps as a fresh window at every step (so early tokens of that
 window see a truncated past, while here every token keeps its 28-step past and information from
 further back reaches deeper layers through the band). `generate(..., strategy="recompute_window")`
-keeps the reference's re-encoding (with 29-step windows; Bailando's inference slides a 28-step one,
-see ../shared/docs/bailando-reference.md) for comparison; inside the first window both strategies give
-the same tokens. Through the band, information from further back still reaches deeper blocks (the
+keeps the reference's re-encoding for comparison, with 29-step windows by default; Bailando's
+inference (`CrossCondGPT2.sample`, block size 29 - 1) slides a 28-step one, which
+`recompute_steps=BAILANDO_RECOMPUTE_STEPS` reproduces exactly. Inside the first window (the first
+`recompute_steps` chosen steps) both strategies give the same tokens. Through the band, information from further back still reaches deeper blocks (the
 receptive field of 12 blocks is 12 x 28 steps), as in any sliding-window transformer.
 
 Generation
@@ -88,6 +89,8 @@ if TYPE_CHECKING:  # imported when needed: training and sampling codes never tou
     from e3d2_hf.models.modeling_vqvae import E3D2VQVAE
 
 IGNORE_INDEX = -100
+# Steps Bailando's inference re-encodes for each new step (its GPT's block size 29 minus 1).
+BAILANDO_RECOMPUTE_STEPS = 28
 
 
 @dataclass
@@ -578,6 +581,7 @@ class E3D2PolicyModel(CarriesVQVAE, PreTrainedModel, GenerationMixin):
         generator: torch.Generator | None = None,
         seed: int | None = None,
         strategy: Literal["cache", "recompute_window"] = "cache",
+        recompute_steps: int | None = None,
         progress: bool = False,
     ) -> torch.Tensor:
         """Dance to music: joint pose tokens (B, P + N) = the P prompt steps then N chosen steps.
@@ -591,13 +595,19 @@ class E3D2PolicyModel(CarriesVQVAE, PreTrainedModel, GenerationMixin):
         upper and lower code, is replaced by uniform codes; one coin per step). Randomness comes from `generator`, else a fresh one
         seeded with `seed`, else torch's global generator.
         strategy: "cache" (rolling KV cache, = one banded forward over the whole dance) or
-        "recompute_window" (Bailando's inference: re-encode the last `context_length` steps for
-        each new step). Call `.eval()` first (from_pretrained does) so dropout is off.
+        "recompute_window" (Bailando's inference: re-encode the last `recompute_steps` steps for
+        each new step; default `context_length`, Bailando's own `BAILANDO_RECOMPUTE_STEPS` = 28).
+        Call `.eval()` first (from_pretrained does) so dropout is off.
         Use `split_pose_tokens` to get (upper, lower) codes back. Pieces of different lengths share
         a batch right-padded with any music; cut each dance at its own length afterwards.
         """
         if strategy not in ("cache", "recompute_window"):
             raise E3D2Error(f"generation strategy must be 'cache' or 'recompute_window', got {strategy!r}")
+        if recompute_steps is not None and (strategy != "recompute_window" or not 1 <= recompute_steps <= self.config.context_length):
+            raise E3D2Error(
+                f"recompute_steps must lie in [1, {self.config.context_length}] and goes with strategy 'recompute_window', "
+                f"got {recompute_steps} with {strategy!r}"
+            )
         if do_sample and temperature <= 0:
             raise E3D2Error(f"temperature must be positive, got {temperature}")
         if top_k is not None and top_k < 1:
@@ -633,7 +643,7 @@ class E3D2PolicyModel(CarriesVQVAE, PreTrainedModel, GenerationMixin):
         upper = torch.empty(batch, total, dtype=torch.long, device=self.device)
         lower = torch.empty_like(upper)
         upper[:, :prompt_steps], lower[:, :prompt_steps] = prompt_upper, prompt_lower
-        window = self.config.context_length
+        window = self.config.context_length if recompute_steps is None else recompute_steps
         cache = DynamicCache(config=self.config) if strategy == "cache" else None
         for step in tqdm(range(prompt_steps, total), desc=f"dance ({strategy})", disable=not progress, leave=False):
             if cache is None:  # re-encode the last `window` steps as a fresh sequence

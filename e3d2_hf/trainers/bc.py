@@ -7,6 +7,14 @@ which E3D2 keeps for its behaviour-cloning policy (paper appendix, "Behavior Clo
   cached in `RUN/pose_codes`), cut into windows of 30 steps (Bailando: 240 frames) every step
   (Bailando: every 8 frames). A window gives inputs steps 0..28 with music frames 1..29 and targets
   steps 1..29 (`dance_to_inputs`); loss CE(upper) + CE(lower), the model's own.
+- Where windows start (`window_starts`): ours ("all", the default) start a window at every
+  `window_stride`-th step of every dance. Bailando's loader does not: its GPT stage reads the
+  7.5 fps music (`external_wav`, rate 8) and `utils/functional.py::load_data_aist` walks dance frames
+  `for i in range(0, len(music), move)` (move 8) but stops at the length of the 7.5 fps music, so a
+  window starts at step k = i/8 only while 8k < the dance's steps: in the first 1/8 of each dance
+  (and only when the whole window fits). A 101-step dance (AIST++'s mean) gives 13 windows there
+  and 72 here, so Bailando's 400 epochs are ~5.5x fewer optimiser steps, all on the first ~1/8 + 30
+  steps of each dance. `window_starts: bailando` reproduces that rule (`bailando_window_starts`).
 - Model: 12 blocks (6 base + 6 head), 12 heads, width 768, dropout 0.1, context 29 steps.
 - Optimiser: Adam, lr 3e-4, betas (0.5, 0.999), no weight decay, no gradient clipping, batch 32;
   MultiStepLR x0.1 at epochs 250 and 400 (`lr_decay_epochs`). Bailando's config runs 500 epochs, but
@@ -41,6 +49,7 @@ from typing import Any
 import numpy as np
 import torch
 from huggingface_hub import ModelCard
+from torch.utils.data import Subset
 from tqdm.auto import tqdm
 from transformers import set_seed
 from transformers.trainer_utils import IntervalStrategy
@@ -61,6 +70,7 @@ from e3d2_hf.utils import E3D2Error
 logger = logging.getLogger(__name__)
 
 SEEN_SPLITS = ("train",)
+WINDOW_STARTS = ("all", "bailando")
 UNSEEN_SPLITS = ("val", "test")
 DIAGNOSTICS_FILE = "diagnostics.json"
 # E3D2 paper Table 4: the BC policy's next-pose-code accuracy on AIST++ (percent).
@@ -95,6 +105,10 @@ class BCTrainingConfig(BailandoTrainingArguments):
     codes_path: str | None = field(default=None, metadata={"help": "Pose-code cache (default: <run_dir>/pose_codes)."})
     window: int = field(default=30, metadata={"help": "Pose-code steps per training window (inputs window-1, targets window-1)."})
     window_stride: int = field(default=1, metadata={"help": "Steps between training window starts."})
+    window_starts: str = field(
+        default="all",
+        metadata={"help": "'all': windows start every window_stride steps of each dance; 'bailando': only in its first 1/8, as Bailando's loader."},
+    )
     codebook_size: int = field(default=512, metadata={"help": "Codes per body half; must equal the VQ-VAE's."})
     music_dim: int = field(default=438, metadata={"help": "Width of the 7.5 fps music features."})
     hidden_size: int = field(default=768, metadata={"help": "Transformer width."})
@@ -122,6 +136,8 @@ class BCTrainingConfig(BailandoTrainingArguments):
         self.codes_path = self.codes_path or str(run.pose_codes)
         if self.window < 2 or self.window_stride < 1:
             raise E3D2Error(f"bc: window must be at least 2 steps and window_stride positive, got {self.window}, {self.window_stride}")
+        if self.window_starts not in WINDOW_STARTS:
+            raise E3D2Error(f"bc: window_starts must be one of {WINDOW_STARTS}, got {self.window_starts!r}")
         if self.window - 1 > self.context_length:
             raise E3D2Error(
                 f"bc: a window of {self.window} steps gives {self.window - 1} input tokens, more than the policy's "
@@ -135,7 +151,7 @@ class BCTrainingConfig(BailandoTrainingArguments):
 
 
 # Recipe values shown in the model card.
-CARD_KEYS = ("window", "window_stride", *MODEL_FIELDS, *BAILANDO_CARD_KEYS)
+CARD_KEYS = ("window", "window_stride", "window_starts", *MODEL_FIELDS, *BAILANDO_CARD_KEYS)
 
 
 def collate_code_windows(features: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
@@ -200,6 +216,21 @@ def code_windows(sequences: dict[str, list[np.ndarray]], window: int, stride: in
         longest = max(len(codes) for codes in sequences["upper_codes"])
         raise E3D2Error(f"{description}: no sequence is as long as one window ({window} steps = {8 * window} frames; the longest has {longest} steps)")
     return windows
+
+
+def bailando_window_starts(windows: SequenceWindows, frames_per_step: int) -> Subset:
+    """The windows Bailando's GPT loader cuts: those starting at a step k with `frames_per_step * k` < the dance's steps.
+
+    Its loop runs over dance frames (8 per step) up to the length of the 7.5 fps music (one row per
+    step), so starts cover the first 1/frames_per_step of each dance (module docstring).
+    """
+    steps = np.array([len(music) for music in windows.sequences["music_features_7p5"]], dtype=np.int64)
+    return Subset(windows, np.flatnonzero(bailando_start_mask(windows.index, steps, frames_per_step)).tolist())
+
+
+def bailando_start_mask(index: np.ndarray, steps: np.ndarray, frames_per_step: int) -> np.ndarray:
+    """Which rows `[sequence, start]` of a window index Bailando's loader keeps, for dances of `steps` steps."""
+    return frames_per_step * index[:, 1] < steps[index[:, 0]]
 
 
 @torch.no_grad()
@@ -290,6 +321,8 @@ def train_bc(config: BCTrainingConfig) -> Path:
     unseen = gather_code_sequences(codes, UNSEEN_SPLITS, config.codes_path)
     seen_source, unseen_source = (f"{config.codes_path} ({' + '.join(splits)})" for splits in (SEEN_SPLITS, UNSEEN_SPLITS))
     train_windows = code_windows(seen, config.window, config.window_stride, seen_source)
+    if config.window_starts == "bailando":
+        train_windows = bailando_window_starts(train_windows, vqvae.config.frames_per_code)
     heldout_windows = code_windows(unseen, config.window, config.window_stride, unseen_source)
     diagnostic_stride = config.window - 1
     logger.info("bc: %d training windows of %d steps from %d dances", len(train_windows), config.window, len(codes["train"]))
@@ -356,6 +389,9 @@ def train_bc(config: BCTrainingConfig) -> Path:
 __all__ = [
     "BCTrainer",
     "BCTrainingConfig",
+    "WINDOW_STARTS",
+    "bailando_start_mask",
+    "bailando_window_starts",
     "code_windows",
     "collate_code_windows",
     "gather_code_sequences",
