@@ -107,7 +107,7 @@ AISTPP = DatasetSize(
         "ignore list. Every dance assumed 101 pose-code steps long (808 frames, 13.5 s at 60 fps): the length at which "
         "30-step segments every 2 steps (ppo.segment_stride 2) give 952 x 36 = 34,272 segments, the paper's PPO buffer "
         "of 34,319 (Table 7) to 0.14%. Cross-check: AIST++'s site (google/aistplusplus_dataset) lists 10,108,015 frames "
-        "over 9 camera views and 1,408 sequences, 798 frames per sequence."
+        "with images of 1,408 sequences; read as 9 camera views of each motion frame, 798 frames per sequence."
     ),
 )
 
