@@ -788,8 +788,8 @@ def run_scale_check(
             cost["measured_hours"] = cost["seconds_per_step"] * cost["steps"] / 3600
             result["stages"][stage] = cost
             logger.info(
-                "scale check: %s: %.3g GFLOP, %d ops, %.3g s per step; %s steps", stage, cost["flops_per_step"] / 1e9,
-                cost["operators_per_step"], cost["seconds_per_step"], f"{cost['steps']:,}",
+                "scale check: %s: %.3g GFLOP, %d ops, %.3g s per step, peak memory %.2f GB; %s steps", stage, cost["flops_per_step"] / 1e9,
+                cost["operators_per_step"], cost["seconds_per_step"], cost["peak_memory_bytes"] / 1e9, f"{cost['steps']:,}",
             )  # fmt: skip
             gc.collect()
             if torch_device.type == "cuda":
