@@ -21,8 +21,13 @@ if ! "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() el
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" OMP_NUM_THREADS="${OMP_NUM_THREADS:-4}"
 "$PYTHON" -c 'import torch; print("gpu_check:", torch.cuda.get_device_name(0), "| torch", torch.__version__, "| CUDA", torch.version.cuda)'
-for dtype in bf16 fp32; do
+status=0
+for dtype in bf16 fp32; do  # 285 s each: both finish inside ten minutes
   echo "gpu_check: $RECIPE in $dtype, 1 warm-up + 1 counted + $STEPS timed steps per stage"
-  timeout 285 "$PYTHON" scripts/scale_check.py "$RECIPE" --device cuda --dtype "$dtype" --steps "$STEPS" --out "$OUT/$dtype"
+  if ! timeout 285 "$PYTHON" scripts/scale_check.py "$RECIPE" --device cuda --dtype "$dtype" --steps "$STEPS" --out "$OUT/$dtype"; then
+    echo "gpu_check: the $dtype check did not finish (an error above, or its 285 s ran out: lower STEPS)" >&2
+    status=1
+  fi
 done
 echo "gpu_check: done; compare $OUT/bf16/scale_check.md with $OUT/fp32/scale_check.md"
+exit $status

@@ -234,3 +234,18 @@ def test_the_fast_recipe_sees_the_same_samples_in_bigger_batches():
     }  # fmt: skip
     for config_cls, section in ((VQVAETrainingConfig, "vqvae"), (BCTrainingConfig, "bc")):
         assert parse_recipe(config_cls, section, [str(ROOT / "recipes" / "e3d2_fast.yaml"), "--use_cpu", "true"]).bf16 == (section == "bc")
+
+
+def test_gpu_check_runs_the_scale_check_in_bf16_then_fp32(tmp_path):
+    """The GPU path's plumbing, with a stand-in python that claims a GPU and records what it is asked to run."""
+    calls = tmp_path / "calls.txt"
+    fake = tmp_path / "python"
+    fake.write_text(f'#!/usr/bin/env bash\nif [ "$1" = -c ]; then echo "stand-in GPU"; exit 0; fi\necho "$@" >> {calls}\n')
+    fake.chmod(0o755)
+    environment = {**os.environ, "PYTHON": str(fake), "OUT": str(tmp_path / "out"), "STEPS": "2"}
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh")], capture_output=True, text=True, env=environment, timeout=60)
+    assert result.returncode == 0, result.stderr
+    runs = calls.read_text().splitlines()
+    assert [run.split()[0] for run in runs] == ["scripts/scale_check.py"] * 2
+    for run, dtype in zip(runs, ("bf16", "fp32")):
+        assert f"--device cuda --dtype {dtype} --steps 2 --out {tmp_path / 'out' / dtype}" in run and "recipes/e3d2.yaml" in run
