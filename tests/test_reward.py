@@ -131,6 +131,41 @@ def test_snippets_are_the_29_steps_after_the_crop_start(demonstrations):
         np.testing.assert_array_equal(snippets["rejected_upper_codes"][j], upper[start : start + 29])
 
 
+def test_mismatched_music_pairs_rank_own_music_above_another_pieces(demonstrations):
+    split = validate_demonstrations(demonstrations)["train"]
+    plain = build_ranked_pairs(split, num_pairs=400, seed=5)
+    pairs = build_ranked_pairs(split, num_pairs=400, seed=5, mismatched_music_fraction=0.5)
+    kind = np.asarray(pairs["pair_kind"])
+    music = kind == "music"
+    assert set(plain["pair_kind"]) == {"noise"} and 150 < music.sum() < 250  # binomial(400, 0.5): sd 10
+    columns = {name: np.asarray(pairs[name]) for name in pairs.column_names if name != "pair_kind"}
+    # a music pair: one snippet of the lowest noise level twice; chosen reads its own music, rejected another piece's
+    np.testing.assert_array_equal(columns["chosen_row"][music], columns["rejected_row"][music])
+    np.testing.assert_array_equal(columns["chosen_offset"][music], columns["rejected_offset"][music])
+    np.testing.assert_array_equal(columns["chosen_music_row"][music], columns["chosen_row"][music])
+    assert (columns["chosen_noise_level"][music] == np.float32(min(NOISE_LEVELS))).all()
+    assert (columns["rejected_music_id"][music] != columns["chosen_music_id"][music]).all()
+    # a noise pair reads each side's own music, as without the option
+    for side in ("chosen", "rejected"):
+        np.testing.assert_array_equal(columns[f"{side}_music_row"][~music], columns[f"{side}_row"][~music])
+    assert (columns["chosen_noise_level"][~music] < columns["rejected_noise_level"][~music]).all()
+    snippets = ranked_pair_snippets(pairs, split)[np.flatnonzero(music)[:4].tolist()]
+    np.testing.assert_array_equal(snippets["chosen_upper_codes"], snippets["rejected_upper_codes"])
+    for j, index in enumerate(np.flatnonzero(music)[:4]):
+        other_music = split.demonstration(columns["rejected_music_row"][index])[0]
+        start = columns["rejected_music_offset"][index] + 1
+        np.testing.assert_array_equal(snippets["rejected_music_features"][j], other_music[start : start + 29])
+        assert not np.array_equal(snippets["rejected_music_features"][j], snippets["chosen_music_features"][j])
+
+
+def test_mismatched_music_pairs_need_two_pieces(demonstrations):
+    rng = np.random.default_rng(0)
+    split = validate_demonstrations(toy_demonstrations(eval_unseen=toy_split(rng, ["mPO0"], 2)))["eval_unseen"]
+    assert len(build_ranked_pairs(split, 10, seed=0)) == 10
+    with pytest.raises(E3D2Error, match=r"ranked pairs \[eval_unseen\]: mismatched-music pairs need at least two pieces of music, found 1"):
+        build_ranked_pairs(split, 10, seed=0, mismatched_music_fraction=0.1)
+
+
 # ----------------------------------------------------------------------------------------------
 # Bad input
 # ----------------------------------------------------------------------------------------------
@@ -246,6 +281,7 @@ def trained_run(tmp_path_factory, demonstrations):
     script = reward_script()
     overrides = ["--run_dir", str(run_dir), "--output_dir", str(run_dir / "reward"), "--codebook_size", str(TOY_CODES)]
     overrides += ["--num_train_pairs", "1280", "--num_eval_pairs", "200", "--num_train_epochs", "3", "--eval_strategy", "epoch", "--disable_tqdm", "true"]
+    overrides += ["--mismatched_music_fraction", "0.25"]
     # One thread: this model is too small to gain from two, and a busy machine makes OpenMP threads spin.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -263,7 +299,9 @@ def test_reward_model_learns_the_toy_ranking(trained_run):
     means = [diagnostics["return_by_noise"][f"{level:g}"]["mean"] for level in NOISE_LEVELS]
     assert means[0] > means[1] > means[2] and diagnostics["monotonic"] is True
     assert [point["epoch"] for point in diagnostics["accuracy_per_epoch"]] == [1.0, 2.0, 3.0]
-    assert {"epoch", "train", "seen", "unseen"} <= set(diagnostics["accuracy_per_epoch"][-1])
+    assert {"epoch", "train", "seen", "unseen", "seen_music", "unseen_music"} <= set(diagnostics["accuracy_per_epoch"][-1])
+    # the toy's clean codes follow the music, so its own music ranks above another piece's
+    assert diagnostics["music_pair_accuracy_seen"] > 0.75 and diagnostics["music_pair_accuracy_unseen"] > 0.75
 
 
 def test_training_writes_a_complete_reward_folder(trained_run):
@@ -276,7 +314,9 @@ def test_training_writes_a_complete_reward_folder(trained_run):
     assert "held-out, unseen music" in card and "| learning_rate | 0.0005 |" in card
     assert not any(path.name.startswith(".reward") for path in trained_run.iterdir())
     pairs = datasets.load_from_disk(str(trained_run / "demos" / "ranked_pairs"))
-    assert set(pairs) == set(DEMONSTRATION_SPLITS) and len(pairs["train"]) == 1280
+    assert set(pairs) == {*DEMONSTRATION_SPLITS, "eval_seen_music", "eval_unseen_music"} and len(pairs["train"]) == 1280
+    assert 200 < pairs["train"]["pair_kind"].count("music") < 440 and set(pairs["eval_seen_music"]["pair_kind"]) == {"music"}
+    assert "own vs other music, unseen" in card and "| mismatched_music_fraction | 0.25 |" in card
     model = AutoModel.from_pretrained(reward_dir)
     assert isinstance(model, E3D2RewardModel) and model.config.context_steps == 29 and model.config.hidden_size == 64
 

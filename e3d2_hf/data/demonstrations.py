@@ -34,6 +34,9 @@ random offset `o` in `[0, L - 30]`. The crop's first step is dropped, so the rew
 context). Dropping the first step also guarantees that the data's `a_0` (step 0) is never scored.
 The lower-noise demonstration is `chosen`, the other `rejected` (TRL's naming for preference
 pairs), so the label is part of the column names and cannot disagree with the noise levels.
+Optionally (not in the paper; `reward.mismatched_music_fraction`) a share of the pairs rank one
+snippet with its own music above the same snippet with another piece's music: pairs that only a
+reward model which reads the music can order.
 
 A pairs dataset only stores indices (`*_row` into its demonstrations split and `*_offset`) plus the
 noise levels and music ids for inspection; `ranked_pair_snippets` attaches a transform that crops
@@ -45,6 +48,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import datasets
 import numpy as np
@@ -98,13 +102,27 @@ class DemonstrationSplit:
     def __len__(self) -> int:
         return len(self.lengths)
 
-    def crop(self, rows: np.ndarray, first_steps: np.ndarray, num_steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def crop(
+        self,
+        rows: np.ndarray,
+        first_steps: np.ndarray,
+        num_steps: int,
+        music_rows: np.ndarray | None = None,
+        music_first_steps: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Steps `first_steps[j] .. first_steps[j] + num_steps - 1` of demonstrations `rows[j]`.
 
-        Returns music (n, num_steps, D) float32 and upper/lower codes (n, num_steps) int64.
+        The music comes from the same steps unless `music_rows` / `music_first_steps` name other
+        ones (a mismatched-music snippet). Returns music (n, num_steps, D) float32 and upper/lower
+        codes (n, num_steps) int64.
         """
-        index = (self.starts[rows] + first_steps)[:, None] + np.arange(num_steps)
-        return self.music_features[index], self.upper_codes[index], self.lower_codes[index]
+        steps = np.arange(num_steps)
+        index = (self.starts[rows] + first_steps)[:, None] + steps
+        if music_rows is None:
+            music_index = index
+        else:
+            music_index = (self.starts[music_rows] + music_first_steps)[:, None] + steps
+        return self.music_features[music_index], self.upper_codes[index], self.lower_codes[index]
 
     def demonstration(self, row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """All L steps of demonstration `row`: music (L, D), upper (L,), lower (L,)."""
@@ -247,15 +265,34 @@ def validate_demonstrations(
     return splits
 
 
-def build_ranked_pairs(split: DemonstrationSplit, num_pairs: int, seed: int, snippet_length: int = SNIPPET_LENGTH) -> datasets.Dataset:
+def build_ranked_pairs(
+    split: DemonstrationSplit,
+    num_pairs: int,
+    seed: int,
+    snippet_length: int = SNIPPET_LENGTH,
+    mismatched_music_fraction: float = 0.0,
+) -> datasets.Dataset:
     """`num_pairs` seeded ranked pairs from one split (sampling in the module docstring).
 
     Columns, for `side` in (chosen, rejected): `{side}_row` (row of the demonstrations split),
     `{side}_offset` (first step of the 30-step crop; the model sees the 29 steps after it),
-    `{side}_noise_level`, `{side}_music_id`. `chosen` always has the lower noise level.
+    `{side}_music_row` / `{side}_music_offset` (where the snippet's music is read),
+    `{side}_noise_level`, `{side}_music_id` (of the music read), and `pair_kind`.
+
+    `pair_kind` "noise" (the paper's pairs): `chosen` has the lower noise level, each side reads its
+    own music. `pair_kind` "music" (a share `mismatched_music_fraction` of the pairs; not in the
+    paper): one lowest-noise demonstration's snippet twice, `chosen` with its own music, `rejected`
+    with the music of a random crop of another piece of the split. Noise pairs alone can be ranked
+    from the codes without the music (a reward model that learns code popularity reaches the
+    paper's accuracy); these pairs are only separable through how the motion fits the music.
     """
     if num_pairs < 1:
         raise E3D2Error(f"ranked pairs: num_pairs must be positive, got {num_pairs}")
+    if not 0.0 <= mismatched_music_fraction <= 1.0:
+        raise E3D2Error(f"ranked pairs: mismatched_music_fraction must lie in [0, 1], got {mismatched_music_fraction}")
+    num_pieces = len(set(split.music_ids))
+    if mismatched_music_fraction > 0 and num_pieces < 2:
+        raise E3D2Error(f"ranked pairs [{split.split}]: mismatched-music pairs need at least two pieces of music, found {num_pieces}")
     rng = np.random.default_rng(seed)
     levels, level_of_row = np.unique(split.noise_levels, return_inverse=True)
     num_levels = len(levels)
@@ -266,26 +303,52 @@ def build_ranked_pairs(split: DemonstrationSplit, num_pairs: int, seed: int, sni
     first_level = rng.integers(num_levels, size=num_pairs)
     second_level = (first_level + rng.integers(1, num_levels, size=num_pairs)) % num_levels  # uniform over distinct levels
 
+    def offsets_of(rows: np.ndarray) -> np.ndarray:
+        return rng.integers(0, split.lengths[rows] - snippet_length + 1)
+
     def draw(level: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         rows = rows_by_level[level_starts[level] + rng.integers(0, level_sizes[level])]
-        offsets = rng.integers(0, split.lengths[rows] - snippet_length + 1)
-        return rows, offsets
+        return rows, offsets_of(rows)
 
     first_rows, first_offsets = draw(first_level)
     second_rows, second_offsets = draw(second_level)
     first_is_chosen = levels[first_level] < levels[second_level]
-    chosen_rows = np.where(first_is_chosen, first_rows, second_rows)
-    rejected_rows = np.where(first_is_chosen, second_rows, first_rows)
-    columns = {}
-    for side, rows, offsets in (
-        ("chosen", chosen_rows, np.where(first_is_chosen, first_offsets, second_offsets)),
-        ("rejected", rejected_rows, np.where(first_is_chosen, second_offsets, first_offsets)),
+    chosen = [np.where(first_is_chosen, first_rows, second_rows), np.where(first_is_chosen, first_offsets, second_offsets)]
+    rejected = [np.where(first_is_chosen, second_rows, first_rows), np.where(first_is_chosen, second_offsets, first_offsets)]
+    chosen_music, rejected_music = [array.copy() for array in chosen], [array.copy() for array in rejected]
+
+    is_music_pair = rng.random(num_pairs) < mismatched_music_fraction
+    if is_music_pair.any():
+        count = int(is_music_pair.sum())
+        rows, offsets = draw(np.zeros(count, dtype=np.int64))  # the lowest noise level: the most dance-like codes
+        other_rows = _rows_with_other_music(split, rows, rng)
+        for side in (chosen, rejected):
+            side[0][is_music_pair], side[1][is_music_pair] = rows, offsets
+        chosen_music[0][is_music_pair], chosen_music[1][is_music_pair] = rows, offsets
+        rejected_music[0][is_music_pair], rejected_music[1][is_music_pair] = other_rows, offsets_of(other_rows)
+
+    columns: dict[str, Any] = {"pair_kind": np.where(is_music_pair, "music", "noise").tolist()}
+    for side, (rows, offsets), (music_rows, music_offsets) in (
+        ("chosen", chosen, chosen_music),
+        ("rejected", rejected, rejected_music),
     ):
         columns[f"{side}_row"] = rows.astype(np.int64)
         columns[f"{side}_offset"] = offsets.astype(np.int64)
+        columns[f"{side}_music_row"] = music_rows.astype(np.int64)
+        columns[f"{side}_music_offset"] = music_offsets.astype(np.int64)
         columns[f"{side}_noise_level"] = split.noise_levels[rows]
-        columns[f"{side}_music_id"] = split.music_ids[rows].tolist()
+        columns[f"{side}_music_id"] = split.music_ids[music_rows].tolist()
     return datasets.Dataset.from_dict(columns, split=datasets.NamedSplit(split.split))
+
+
+def _rows_with_other_music(split: DemonstrationSplit, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """For each of `rows`, a uniformly drawn row of the split whose music is another piece's."""
+    music_ids, music_of_row = np.unique(split.music_ids.astype(str), return_inverse=True)
+    rows_by_music = np.argsort(music_of_row, kind="stable")
+    music_sizes = np.bincount(music_of_row, minlength=len(music_ids))
+    music_starts = np.concatenate(([0], np.cumsum(music_sizes)[:-1]))
+    other_music = (music_of_row[rows] + rng.integers(1, len(music_ids), size=len(rows))) % len(music_ids)
+    return rows_by_music[music_starts[other_music] + rng.integers(0, music_sizes[other_music])]
 
 
 class RankedPairSnippets:
@@ -302,9 +365,11 @@ class RankedPairSnippets:
     def __call__(self, batch: dict[str, list]) -> dict[str, np.ndarray]:
         snippets = {}
         for side in ("chosen", "rejected"):
-            rows = np.asarray(batch[f"{side}_row"], dtype=np.int64)
-            first_steps = np.asarray(batch[f"{side}_offset"], dtype=np.int64) + 1  # drop the crop's first step
-            music, upper, lower = self.split.crop(rows, first_steps, self.snippet_length - 1)
+            rows, first_steps, music_rows, music_first_steps = (
+                np.asarray(batch[f"{side}_{column}"], dtype=np.int64) + shift
+                for column, shift in (("row", 0), ("offset", 1), ("music_row", 0), ("music_offset", 1))
+            )  # the crop's first step is dropped
+            music, upper, lower = self.split.crop(rows, first_steps, self.snippet_length - 1, music_rows, music_first_steps)
             snippets[f"{side}_music_features"] = music
             snippets[f"{side}_upper_codes"] = upper
             snippets[f"{side}_lower_codes"] = lower

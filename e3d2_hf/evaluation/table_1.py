@@ -199,7 +199,7 @@ def evaluate_run(config: EvalConfig) -> dict[str, Any]:
     diagnostics_file = Path(config.reward_model_path) / "diagnostics.json"
     if diagnostics_file.is_file():
         diagnostics = json.loads(diagnostics_file.read_text())
-        table["reward_model"] = {key: diagnostics.get(key) for key in ("pair_accuracy_seen", "pair_accuracy_unseen", "pair_accuracy_train", "monotonic")}
+        table["reward_model"] = {key: diagnostics.get(key) for key in REWARD_MODEL_KEYS}
     table["protocol"] = {
         "pieces": len(evaluation.pieces),
         "pieces_per_split": {split: len(data[split]) for split in config.splits},
@@ -222,6 +222,15 @@ def evaluate_run(config: EvalConfig) -> dict[str, Any]:
     return table
 
 
+# What Table 1 carries of the reward model's diagnostics.json.
+REWARD_MODEL_KEYS = (
+    "pair_accuracy_seen",
+    "pair_accuracy_unseen",
+    "pair_accuracy_train",
+    "music_pair_accuracy_seen",
+    "music_pair_accuracy_unseen",
+    "monotonic",
+)
 DIGITS = {"FID_k": 1, "FID_g": 1, "Div_k": 2, "Div_g": 2, "BAS": 4, "PFC": 4, "learned_return": 2}
 
 
@@ -264,7 +273,8 @@ def format_table_1(table: dict[str, Any]) -> str:
     if accuracy:
         lines.append(
             f"Reward model, held-out pair accuracy: seen music {_number(accuracy['pair_accuracy_seen'], 3)}, "
-            f"unseen music {_number(accuracy['pair_accuracy_unseen'], 3)}."
+            f"unseen music {_number(accuracy['pair_accuracy_unseen'], 3)}; own vs another piece's music (chance 0.5): "
+            f"seen {_number(accuracy.get('music_pair_accuracy_seen'), 3)}, unseen {_number(accuracy.get('music_pair_accuracy_unseen'), 3)}."
         )
     paired = [(label, table[key]["minus_bc_ci95"]) for key, label in ROW_LABELS.items() if "minus_bc_ci95" in table.get(key, {})]
     if paired:

@@ -55,8 +55,11 @@ from e3d2_hf.utils import E3D2Error, atomic_directory
 
 logger = logging.getLogger(__name__)
 
-# Held-out evaluation sets: metric name -> demonstrations split the pairs come from.
+# Held-out evaluation sets: metric name -> demonstrations split the pairs come from. The first two
+# hold the paper's noise-ranked pairs; the music sets only mismatched-music pairs (own music above
+# another piece's, same codes), which a reward model that ignores the music ranks at chance.
 HELDOUT_PAIR_SETS = {"seen": "eval_seen", "unseen": "eval_unseen"}
+MUSIC_PAIR_SETS = {"seen_music": "eval_seen", "unseen_music": "eval_unseen"}
 
 
 @dataclass
@@ -78,7 +81,15 @@ class RewardTrainingConfig(StageTrainingArguments):
     )
     num_train_pairs: int = field(default=30000, metadata={"help": "Ranked pairs from the train split (paper: 30,000)."})
     num_eval_pairs: int = field(
-        default=30000, metadata={"help": "Ranked pairs per held-out split (eval_seen, eval_unseen); also the size of the train-accuracy slice."}
+        default=30000,
+        metadata={"help": "Ranked pairs per held-out set (noise and mismatched-music pairs of eval_seen, eval_unseen); also the size of the train-accuracy slice."},
+    )
+    mismatched_music_fraction: float = field(
+        default=0.0,
+        metadata={
+            "help": "Share of the train pairs that rank a snippet with its own music above the same snippet with another "
+            "piece's music (not in the paper, which uses noise-ranked pairs only: 0)."
+        },
     )
     music_dim: int = field(default=MUSIC_DIM, metadata={"help": "Width of the music features."})
     codebook_size: int = field(default=CODEBOOK_SIZE, metadata={"help": "Pose codes per body half (VQ-VAE codebook size)."})
@@ -109,6 +120,8 @@ class RewardTrainingConfig(StageTrainingArguments):
             raise E3D2Error(f"reward: snippet_length must be at least 2 (one step is dropped), got {self.snippet_length}")
         if self.num_train_pairs < 1 or self.num_eval_pairs < 1:
             raise E3D2Error("reward: num_train_pairs and num_eval_pairs must be positive")
+        if not 0.0 <= self.mismatched_music_fraction <= 1.0:
+            raise E3D2Error(f"reward: mismatched_music_fraction must lie in [0, 1], got {self.mismatched_music_fraction}")
         super().__post_init__()
 
     def model_config(self) -> RewardModelConfig:
@@ -131,6 +144,7 @@ CARD_KEYS = (
     "snippet_length",
     "num_train_pairs",
     "num_eval_pairs",
+    "mismatched_music_fraction",
     "hidden_size",
     "num_attention_heads",
     "num_hidden_layers",
@@ -239,7 +253,7 @@ def accuracy_per_epoch(log_history: list[dict[str, Any]]) -> list[dict[str, floa
     """The per-evaluation pair accuracies from the Trainer's log, one entry per evaluation (paper Figure 6)."""
     by_step: dict[int, dict[str, float]] = {}
     for entry in log_history:
-        for name in ("train", *HELDOUT_PAIR_SETS):
+        for name in ("train", *HELDOUT_PAIR_SETS, *MUSIC_PAIR_SETS):
             key = f"eval_{name}_pair_accuracy"
             if key in entry:
                 point = by_step.setdefault(entry["step"], {"epoch": float(entry["epoch"]), "step": entry["step"]})
@@ -253,10 +267,16 @@ def plot_diagnostics(path: Path, curve: list[dict[str, float]], returns: dict[st
 
     figure = Figure(figsize=(8, 3.2), dpi=100)
     accuracy_axes, return_axes = figure.subplots(1, 2)
-    for name, label in (("train", "train pairs"), ("seen", "held-out, seen music"), ("unseen", "held-out, unseen music")):
+    for name, label, style in (
+        ("train", "train pairs", "-"),
+        ("seen", "held-out, seen music", "-"),
+        ("unseen", "held-out, unseen music", "-"),
+        ("seen_music", "own vs other music, seen", "--"),
+        ("unseen_music", "own vs other music, unseen", "--"),
+    ):
         points = [(point["epoch"], point[name]) for point in curve if name in point]
         if points:
-            accuracy_axes.plot(*zip(*points), marker="o", label=label)
+            accuracy_axes.plot(*zip(*points), marker="o", linestyle=style, label=label)
     accuracy_axes.axhline(0.5, color="grey", linestyle=":", linewidth=1)
     accuracy_axes.set(xlabel="epoch", ylabel="pair accuracy", ylim=(0.0, 1.02), title="ranking accuracy")
     accuracy_axes.legend(fontsize=7)
@@ -297,8 +317,17 @@ def model_card(config: RewardTrainingConfig, diagnostics: dict[str, Any], pair_c
         tables=[
             CardTable(
                 "Pair accuracy (final epoch)",
-                columns=["train pairs", "held-out, seen music", "held-out, unseen music"],
-                rows=[[diagnostics["pair_accuracy_train"], diagnostics["pair_accuracy_seen"], diagnostics["pair_accuracy_unseen"]]],
+                note="Own vs other music: the same codes with their own music ranked above another piece's (chance: 0.5).",
+                columns=["train pairs", "held-out, seen music", "held-out, unseen music", "own vs other music, seen", "own vs other music, unseen"],
+                rows=[
+                    [
+                        diagnostics["pair_accuracy_train"],
+                        diagnostics["pair_accuracy_seen"],
+                        diagnostics["pair_accuracy_unseen"],
+                        diagnostics["music_pair_accuracy_seen"],
+                        diagnostics["music_pair_accuracy_unseen"],
+                    ]
+                ],
             ),
             CardTable(
                 "Learned return per noise level (whole demonstrations on unseen music)",
@@ -338,14 +367,25 @@ def train_reward_model(config: RewardTrainingConfig) -> Path:
         codebook_size=config.codebook_size,
         source=str(demonstrations_path),
     )
-    # Seeds: train pairs use `seed`, eval_seen pairs `seed + 1`, eval_unseen pairs `seed + 2`.
+    # Seeds: train pairs use `seed`, eval_seen pairs `seed + 1`, eval_unseen pairs `seed + 2`, their
+    # mismatched-music pairs `seed + 3` and `seed + 4`.
     pair_counts = {"train": config.num_train_pairs, "eval_seen": config.num_eval_pairs, "eval_unseen": config.num_eval_pairs}
     pairs = datasets.DatasetDict(
         {
-            name: build_ranked_pairs(splits[name], pair_counts[name], seed=config.seed + offset, snippet_length=config.snippet_length)
+            name: build_ranked_pairs(
+                splits[name],
+                pair_counts[name],
+                seed=config.seed + offset,
+                snippet_length=config.snippet_length,
+                mismatched_music_fraction=config.mismatched_music_fraction if name == "train" else 0.0,
+            )
             for offset, name in enumerate(DEMONSTRATION_SPLITS)
         }
     )
+    for offset, (name, split) in enumerate(MUSIC_PAIR_SETS.items(), start=len(DEMONSTRATION_SPLITS)):
+        pairs[f"{split}_music"] = build_ranked_pairs(
+            splits[split], config.num_eval_pairs, seed=config.seed + offset, snippet_length=config.snippet_length, mismatched_music_fraction=1.0
+        )
     is_main = config.process_index == 0
     work_dir = config.work_dir
     if is_main:
@@ -359,6 +399,7 @@ def train_reward_model(config: RewardTrainingConfig) -> Path:
     eval_sets = {
         "train": snippets(pairs["train"].select(range(min(config.num_eval_pairs, config.num_train_pairs))), "train"),
         **{name: snippets(pairs[split], split) for name, split in HELDOUT_PAIR_SETS.items()},
+        **{name: snippets(pairs[f"{split}_music"], split) for name, split in MUSIC_PAIR_SETS.items()},
     }
     set_seed(config.seed)
     model = E3D2RewardModel(config.model_config())
@@ -388,6 +429,8 @@ def train_reward_model(config: RewardTrainingConfig) -> Path:
             "pair_accuracy_seen": float(final["eval_seen_pair_accuracy"]),
             "pair_accuracy_unseen": float(final["eval_unseen_pair_accuracy"]),
             "pair_accuracy_train": float(final["eval_train_pair_accuracy"]),
+            "music_pair_accuracy_seen": float(final["eval_seen_music_pair_accuracy"]),
+            "music_pair_accuracy_unseen": float(final["eval_unseen_music_pair_accuracy"]),
             "return_by_noise": by_noise,
             "monotonic": bool(np.all(np.diff(means) < 0)),
             "accuracy_per_epoch": accuracy_per_epoch(trainer.state.log_history),
@@ -401,10 +444,13 @@ def train_reward_model(config: RewardTrainingConfig) -> Path:
             write_extra=lambda folder: plot_diagnostics(folder / "diagnostics.png", diagnostics["accuracy_per_epoch"], by_noise),
         )
         logger.info(
-            "reward model -> %s: pair accuracy seen %.4f, unseen %.4f; return by noise %s (monotonic: %s)",
+            "reward model -> %s: pair accuracy seen %.4f, unseen %.4f; own vs other music seen %.4f, unseen %.4f; "
+            "return by noise %s (monotonic: %s)",
             final_dir,
             diagnostics["pair_accuracy_seen"],
             diagnostics["pair_accuracy_unseen"],
+            diagnostics["music_pair_accuracy_seen"],
+            diagnostics["music_pair_accuracy_unseen"],
             {level: round(values["mean"], 3) for level, values in by_noise.items()},
             diagnostics["monotonic"],
         )
