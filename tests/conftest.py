@@ -1,4 +1,4 @@
-"""Shared by the tests: one torch thread per module, builders (dance-like joints, a prepared dataset on disk, a tiny VQ-VAE), the one-line error check.
+"""Shared by the tests: one torch thread per module, builders (dance-like joints, a prepared dataset on disk, a tiny VQ-VAE), the one-line error check, launching gloo ranks.
 
 Imported by the test modules as `from conftest import ...` (pytest puts this folder on sys.path).
 """
@@ -6,6 +6,9 @@ Imported by the test modules as `from conftest import ...` (pytest puts this fol
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import datasets
@@ -14,6 +17,7 @@ import pytest
 import torch
 
 from e3d2_hf.data.music import BEAT_COLUMN
+from e3d2_hf.launch import free_port
 from e3d2_hf.models.configuration_policy import PolicyConfig
 from e3d2_hf.models.configuration_vqvae import VQVAEConfig
 from e3d2_hf.models.modeling_policy import E3D2PolicyModel
@@ -41,6 +45,24 @@ def one_error_line(stderr: str, prefix: str) -> str:
     lines = [line for line in stderr.splitlines() if line.strip() and "%|" not in line and not line.startswith(("INFO ", "WARNING "))]
     assert len(lines) == 1 and lines[0].startswith(prefix) and "Traceback" not in stderr, stderr
     return lines[0]
+
+
+def launch_ranks(script: Path, *args: str, through_accelerate: bool = False, timeout: float = 300) -> str:
+    """Run `script args` as 2 gloo ranks of one OpenMP thread each and return its stderr; a failed launch fails the test.
+
+    Through `e3d2 launch` (the project's launcher), or with `through_accelerate` through `accelerate launch --multi_gpu`
+    (the other way README gives). A free port: other runs on this machine may hold the default 29500.
+    """
+    port = str(free_port())
+    if through_accelerate:
+        launcher = ["accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                    "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port]  # fmt: skip
+    else:
+        launcher = ["e3d2_hf.cli", "launch", "--num_processes", "2", "--threads", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": port}
+    result = subprocess.run([sys.executable, "-m", *launcher, str(script), *args], check=False, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stderr
 
 
 def dance_like_joints(frames: int, seed: int) -> np.ndarray:

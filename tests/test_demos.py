@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import datasets
@@ -21,7 +19,7 @@ from e3d2_hf.rl.environment import Piece
 from e3d2_hf.trainers.demos import DemosConfig, RolloutBatch, generate_demonstrations, plan_batches, roll_out
 from e3d2_hf.utils import E3D2Error
 
-from conftest import tiny_vqvae, write_prepared
+from conftest import launch_ranks, tiny_vqvae, write_prepared
 
 ROOT = Path(__file__).resolve().parents[1]
 CODEBOOK = 16
@@ -174,11 +172,8 @@ def test_rerun_is_refused_unless_asked_and_then_identical(demos_run):
 
 def test_two_gloo_ranks_make_the_same_demonstrations(demos_run, tmp_path):
     out = tmp_path / "demos"
-    launch = [sys.executable, "-m", "e3d2_hf.cli", "launch", "--num_processes", "2", "--threads", "1",
-              str(ROOT / "scripts" / "demos.py"), str(write_recipe(demos_run)), "--output_dir", str(out)]  # fmt: skip
-    result = subprocess.run(launch, capture_output=True, text=True, timeout=180)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "2 process(es)" in result.stderr, result.stderr[-3000:]
+    stderr = launch_ranks(ROOT / "scripts" / "demos.py", str(write_recipe(demos_run)), "--output_dir", str(out), timeout=180)
+    assert "2 process(es)" in stderr, stderr[-3000:]
     single, double = load_demonstrations(demos_run / "demos" / "demonstrations"), load_demonstrations(out / "demonstrations")
     for split in DEMONSTRATION_SPLITS:
         for column in ("name", "noise_level", "demo_index", "upper_codes", "lower_codes"):

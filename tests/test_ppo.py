@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import shutil
 import socket
 import subprocess
@@ -36,7 +35,7 @@ from e3d2_hf.trainers.ppo_config import PPOConfig
 from e3d2_hf.trainers.ppo_trainer import PPOTrainer
 from e3d2_hf.utils import E3D2Error
 
-from conftest import dance_like_joints, one_error_line, write_prepared
+from conftest import dance_like_joints, launch_ranks, one_error_line, write_prepared
 
 ROOT = Path(__file__).resolve().parents[1]
 CODEBOOK = 16
@@ -407,14 +406,7 @@ trainer.accelerator.end_training()  # leave the gloo group before exiting
 def test_two_gloo_ranks_compute_the_gradient_of_the_global_minibatch(tmp_path):
     worker = tmp_path / "worker.py"
     worker.write_text(textwrap.dedent(DDP_WORKER.format(tests=str(ROOT / "tests"))))
-    with socket.socket() as probe:  # a free port: other runs on this machine may hold accelerate's default 29500
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(port)}
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", env["MASTER_PORT"], str(worker), str(tmp_path)]  # fmt: skip
-    result = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-3000:]
+    launch_ranks(worker, str(tmp_path), through_accelerate=True, timeout=120)
     ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
     assert ddp["world"] == 2 and "MULTI_CPU" in ddp["type"]
 

@@ -127,7 +127,14 @@ class Checkpoint:
 
 
 def load_checkpoint(folder: Path, device: torch.device | str) -> Checkpoint:
-    """Every file of a checkpoint (weights and optimizer onto `device`); `E3D2Error` naming the file that is unreadable."""
+    """Every file of a checkpoint (weights and optimizer onto `device`); `E3D2Error` naming the file that is unreadable.
+
+    Any CPU device loads onto plain "cpu": Accelerate gives each gloo rank `cpu:<rank>`, which safetensors and
+    `torch.load` refuse (and which would make every checkpoint look unreadable).
+    """
+    device = torch.device(device)
+    if device.type == "cpu":
+        device = torch.device("cpu")
     weights = read_safetensors(folder / WEIGHTS_FILE, device)
     check_finite_weights(weights, folder / WEIGHTS_FILE)
     best_weights = read_safetensors(folder / BEST_WEIGHTS_FILE, "cpu") if (folder / BEST_WEIGHTS_FILE).is_file() else None
