@@ -52,7 +52,7 @@ def quiet(run_dir, monkeypatch):
 def _evaluation(run_dir, seconds: float, **overrides):
     config = EvalConfig(run_dir=str(run_dir), dance_seconds=seconds, batch_size=4, resamples=50, **overrides)
     data = datasets.load_from_disk(str(run_dir / "data"))
-    policy, evaluation, _ = policy_evaluation(config.bc_path, config, data, GroundTruth.from_prepared(data), None)
+    policy, evaluation, _ = policy_evaluation(config.bc_path, config, data, GroundTruth.from_prepared(data, config.data_path), None)
     return policy, evaluation
 
 

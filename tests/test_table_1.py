@@ -106,7 +106,7 @@ def _evaluation(run_dir: Path, **overrides):
     data = datasets.load_from_disk(str(run_dir / "data"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MetricWarning)
-        ground_truth = GroundTruth.from_prepared(data)
+        ground_truth = GroundTruth.from_prepared(data, run_dir / "data")
     return policy_evaluation(str(run_dir / "bc"), _config(run_dir, **overrides), data, ground_truth, None), data
 
 
@@ -169,7 +169,7 @@ def test_the_protocols_scores_are_the_rows(tiny_run):
     clips = evaluation.dance(policy).clips
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MetricWarning)
-        direct = evaluate_dances(clips, GroundTruth.from_prepared(data).features, evaluation.pieces.music_beats)
+        direct = evaluate_dances(clips, GroundTruth.from_prepared(data, tiny_run / "data").features, evaluation.pieces.music_beats)
     table = json.loads((tiny_run / "eval" / "metrics.json").read_text())
     for key in ("FID_k", "FID_g", "Div_k", "Div_g", "BAS", "PFC"):
         assert table["bc"][key] == pytest.approx(direct[key], rel=1e-9), key
@@ -184,7 +184,7 @@ def test_dances_are_whole_pieces_fid_and_div_score_their_first_seconds_and_bas_a
     beats = evaluation.pieces.music_beats
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MetricWarning)
-        features = GroundTruth.from_prepared(data).features
+        features = GroundTruth.from_prepared(data, tiny_run / "data").features
         scores = evaluation.scores(clips, "whole pieces")
         first_two_seconds = evaluate_dances({name: clip[:120] for name, clip in clips.items()}, features, beats)
         whole = evaluate_dances(clips, features, beats)
@@ -194,6 +194,7 @@ def test_dances_are_whole_pieces_fid_and_div_score_their_first_seconds_and_bas_a
     assert scores["FID_k"] != pytest.approx(whole["FID_k"])
     protocol = json.loads((tiny_run / "eval" / "metrics.json").read_text())["protocol"]
     assert (protocol["dance_seconds"], protocol["fid_div_seconds"], protocol["bas_scope"]) == (2.0, 20.0, "whole dance")
+    assert protocol["ground_truth_clips"] == 10 and protocol["fid_div_reference"].startswith("every motion of the dataset")
     with pytest.raises(E3D2Error, match="fid_div_seconds: must be positive"):
         evaluate_dances(clips, features, beats, fid_div_seconds=0)
     with pytest.raises(E3D2Error, match="eval: fid_div_seconds must be positive"):

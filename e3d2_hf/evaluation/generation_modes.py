@@ -91,7 +91,7 @@ def compare_generation_modes(config: EvalConfig) -> dict[str, Any]:
     data = load_prepared(config.data_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MetricWarning)  # Table 1 reports the data's warnings
-        ground_truth = GroundTruth.from_prepared(data)
+        ground_truth = GroundTruth.from_prepared(data, config.data_path)
     reward_model = load_run_reward_model(config.reward_model_path, required=False)
     reward = LearnedReward(reward_model) if reward_model is not None else None
     policies = {"bc": config.bc_path, "e3d2": config.e3d2_path, "beat": config.beat_path}

@@ -185,7 +185,7 @@ def evaluate_run(config: EvalConfig) -> dict[str, Any]:
     _check_splits(data, config)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", MetricWarning)
-        ground_truth = GroundTruth.from_prepared(data)
+        ground_truth = GroundTruth.from_prepared(data, config.data_path)
     for message in dict.fromkeys(str(warning.message) for warning in caught):
         logger.warning("eval: %s", message)
     reward_model = load_run_reward_model(config.reward_model_path, required=False)
@@ -230,6 +230,7 @@ def evaluate_run(config: EvalConfig) -> dict[str, Any]:
         "generation": "cache",  # E3D2PolicyModel.generate's strategy: the rolling KV cache (= one banded forward)
         "intervals": {"level": DEFAULT_LEVEL, "resamples": config.resamples, "over": "held-out pieces", "method": "percentile bootstrap"},
         "ground_truth_clips": len(ground_truth.dances),
+        "fid_div_reference": "every motion of the dataset minus the ignore list, whole (Bailando's extract_aist_features.py)",
         "config": dataclasses.asdict(config),
     }
     table["warnings"] = list(dict.fromkeys([str(warning.message) for warning in caught] + [m for e in evaluations for m in e.warnings]))

@@ -11,7 +11,8 @@ random numbers. Each policy's dances get
 - the learned return (the reward model's, paper Eq. 4), when a reward model is given;
 - the exact per-step KL to a reference policy (PPO: pi_BC) and the policy's per-step entropy
   (both under the sampling distribution, on the states its dances visit), when a reference is given;
-- FID_k, FID_g, Div_k, Div_g against the features of every dance of the dataset (`GroundTruth`),
+- FID_k, FID_g, Div_k, Div_g against the features of the reference set (`GroundTruth`: Bailando's,
+  every motion of the release minus the ignore list, `e3d2_hf.data.prepare.load_reference_dances`),
   BAS against each piece's music beats, and PFC (`e3d2_hf.metrics.evaluate_dances`), with 95%
   bootstrap intervals over the pieces when asked.
 
@@ -23,7 +24,7 @@ Two users: Table 1 (`e3d2_hf.evaluation.table_1`) and PPO's periodic and final e
 `e3d2_hf.trainers.ppo.train_ppo` hands to the trainer as its `evaluator`. Given the pieces' splits,
 PPO's evaluation record also scores each split alone (`splits`), so that a choice made on one of
 them (PPO's best policy, on val) reads none of the other's numbers (test, which Table 1 reports). It lives in `rl/`, below the
-trainers, because both need it; it imports only `rl/`, `models/` and `metrics/`.
+trainers, because both need it; it imports only `rl/`, `models/`, `metrics/` and `data/`.
 """
 
 from __future__ import annotations
@@ -31,12 +32,14 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import datasets
 import numpy as np
 import torch
 
+from e3d2_hf.data.prepare import load_reference_dances
 from e3d2_hf.metrics import evaluate_dances, ground_truth_features
 from e3d2_hf.metrics.protocol import FID_DIV_SECONDS
 from e3d2_hf.rl.environment import Episodes, HeldOutPieces
@@ -69,18 +72,15 @@ def held_out_pieces(
 
 @dataclass
 class GroundTruth:
-    """Every dance of the prepared dataset (name -> 60 fps joints) and its features, the reference FID and Div compare with."""
+    """The reference set FID and Div compare with (name -> full-length 60 fps joints) and its features."""
 
     dances: dict[str, np.ndarray]
     features: Any
 
     @classmethod
-    def from_prepared(cls, data: datasets.DatasetDict) -> GroundTruth:
-        dances = {
-            row["name"]: np.asarray(row["joints"], dtype=np.float32)
-            for split in data.values()
-            for row in split.with_format("numpy", columns=["name", "joints"])
-        }
+    def from_prepared(cls, data: datasets.DatasetDict, data_path: str | Path) -> GroundTruth:
+        """The reference set of the dataset prepared at `data_path` (`data`: its splits, loaded)."""
+        dances = load_reference_dances(data_path, data)
         return cls(dances, ground_truth_features(dances))
 
     def clips(self, pieces: HeldOutPieces) -> dict[str, np.ndarray]:

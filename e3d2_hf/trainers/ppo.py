@@ -83,7 +83,7 @@ def train_ppo(config: PPOConfig) -> Path:
         if accelerator.is_main_process:  # the trainer evaluates on the main process only
             evaluator = HeldOutEvaluation(
                 held_out_pieces(codes, data, config.eval_splits, config.eval_dance_seconds, vqvae.config),
-                GroundTruth.from_prepared(data) if config.eval_metrics else None,
+                GroundTruth.from_prepared(data, config.data_path) if config.eval_metrics else None,
                 learned_reward,
                 batch_size=config.per_device_rollout_batch_size,
                 do_sample=config.eval_do_sample,
