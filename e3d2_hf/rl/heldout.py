@@ -2,10 +2,10 @@
 
 Protocol (method.md, metrics.md): one dance per held-out piece (paper: the 40 AIST++ val + test
 pieces), starting from the pose code of its ground-truth dance's first 8 frames, to the whole piece
-as Bailando's test does (`mc_gpt_all.py` `eval`: `gpt.sample` over the piece's whole music;
+as Bailando's test does (`mc_gpt_all.py` lines 270-314: `gpt.sample` over the piece's whole music;
 `dance_seconds` cuts it shorter to save time); FID and Div score the first `fid_div_seconds` of
-each dance (Bailando: 20 s), BAS the whole dance; decoded greedily (Table 1, as Bailando's test) or sampled with a
-generator seeded by `seed_of(seed, -2)` (PPO's evaluation), so every policy compared faces the same
+each dance (Bailando: 20 s), BAS the whole dance; decoded greedily (Table 1, as Bailando's test)
+or sampled with a generator seeded by `seed_of(seed, -2)` (PPO's evaluation), so every policy compared faces the same
 random numbers. Each policy's dances get
 
 - the learned return (the reward model's, paper Eq. 4), when a reward model is given;
