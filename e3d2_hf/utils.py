@@ -153,7 +153,7 @@ def numpy_file_kind(path: str | os.PathLike) -> str | None:
             magic = handle.read(6)
     except OSError as exc:
         raise E3D2Error(f"{path}: cannot read file ({exc.strerror or exc})") from exc
-    return "npy" if magic == b"\x93NUMPY" else "npz" if magic.startswith(b"PK\x03\x04") else None
+    return "npy" if magic == b"\x93NUMPY" else "npz" if magic[:4] in (b"PK\x03\x04", b"PK\x05\x06") else None  # an empty npz: its end record alone
 
 
 # --------------------------------------------------------------------------------------------

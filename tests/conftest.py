@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from e3d2_hf.data.music import BEAT_COLUMN
+from e3d2_hf.data.prepare import REFERENCE_MOTIONS, write_reference_motions
 from e3d2_hf.launch import free_port
 from e3d2_hf.models.configuration_policy import PolicyConfig
 from e3d2_hf.models.configuration_vqvae import VQVAEConfig
@@ -113,6 +114,7 @@ def prepared_dataset(frames_per_split: dict[str, list[int]], music_dim: int = MU
 def write_prepared(data_dir: Path, frames_per_split: dict[str, list[int]], music_dim: int = MUSIC_DIM) -> None:
     """`prepared_dataset` saved where a run folder keeps it (RUN/data), with a manifest."""
     prepared_dataset(frames_per_split, music_dim).save_to_disk(str(data_dir))
+    write_reference_motions(data_dir / REFERENCE_MOTIONS, {})  # every motion is in the splits
     (data_dir / "manifest.json").write_text(json.dumps({"source": {"kind": "test"}}))
 
 

@@ -50,9 +50,9 @@ def quiet(run_dir, monkeypatch):
 
 
 def _evaluation(run_dir, seconds: float, **overrides):
-    config = EvalConfig(run_dir=str(run_dir), eval_seconds=seconds, batch_size=4, resamples=50, **overrides)
+    config = EvalConfig(run_dir=str(run_dir), dance_seconds=seconds, batch_size=4, resamples=50, **overrides)
     data = datasets.load_from_disk(str(run_dir / "data"))
-    policy, evaluation, _ = policy_evaluation(config.bc_path, config, data, GroundTruth.from_prepared(data), None)
+    policy, evaluation, _ = policy_evaluation(config.bc_path, config, data, GroundTruth.from_prepared(data, config.data_path), None)
     return policy, evaluation
 
 
@@ -68,7 +68,7 @@ def test_the_cache_mode_dances_table_1s_dances_and_the_modes_part_after_one_wind
 
 
 def test_inside_one_window_the_modes_give_the_same_scores_and_a_zero_difference(run_dir, tmp_path):
-    config = EvalConfig(run_dir=str(run_dir), output_dir=str(tmp_path), eval_seconds=2.0, batch_size=4, resamples=50)
+    config = EvalConfig(run_dir=str(run_dir), output_dir=str(tmp_path), dance_seconds=2.0, batch_size=4, resamples=50)
     result = compare_generation_modes(config)
     assert set(result) == {"bc", "protocol"}  # no PPO policy in the run folder
     rows = result["bc"]

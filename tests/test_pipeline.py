@@ -221,9 +221,9 @@ TEST_SCALE = {
     "reward": {"codebook_size": 32, "hidden_size": 32, "num_attention_heads": 4, "num_train_pairs": 256, "num_eval_pairs": 64,
                "num_train_epochs": 1, "use_cpu": True, "disable_tqdm": True, "report_to": "none"},
     "ppo": {"max_steps": 2, "rollout_segments": 16, "train_batch_size": 8, "per_device_rollout_batch_size": 16, "value_num_layers": 1,
-            "eval_steps": 1, "eval_seconds": 4.0, "save_steps": 1, "report_to": "none"},
+            "eval_steps": 1, "eval_dance_seconds": 4.0, "save_steps": 1, "report_to": "none"},
     "ppo_beat": {},  # the ppo section with the beat reward
-    "eval": {"eval_seconds": 4.0},
+    "eval": {"dance_seconds": 4.0},
 }  # fmt: skip
 
 

@@ -27,9 +27,10 @@ from e3d2_hf.models.configuration_vqvae import VQVAEConfig
 from e3d2_hf.models.modeling_policy import E3D2PolicyModel
 from e3d2_hf.models.modeling_reward import E3D2RewardModel
 from e3d2_hf.models.modeling_vqvae import E3D2VQVAE
+from e3d2_hf.motion.skeleton import rest_joints
 from e3d2_hf.recipe import parse_recipe, run_stage
 from e3d2_hf.rl.environment import Episodes, MusicSegments
-from e3d2_hf.rl.rewards import BeatAlignmentReward, LearnedReward, RewardFunction, RewardNormalization
+from e3d2_hf.rl.rewards import BeatAlignmentReward, LearnedReward, RewardFunction, RewardNormalization, bailando_orientation
 from e3d2_hf.trainers.ppo import train_ppo
 from e3d2_hf.trainers.ppo_config import PPOConfig
 from e3d2_hf.trainers.ppo_trainer import PPOTrainer
@@ -126,22 +127,69 @@ def test_learned_reward_is_sparse():
     torch.testing.assert_close(rewards[:, -1], expected.returns)
 
 
-def test_beat_reward_counts_windows_where_music_and_motion_beats_meet():
+def _bailando_up_down_reward(pose: np.ndarray, beats: np.ndarray, rate: float) -> np.ndarray:
+    """lisiyao21/Bailando models/up_down_half_reward.py (UpDownReward.forward, ba_reward, calc_db) restated in numpy, line by line."""
+    from scipy.ndimage import gaussian_filter
+    from scipy.signal import argrelextrema
+
+    n, t = pose.shape[:2]
+    blocks = pose.reshape(n, t // 8, 8, 24, 3)
+    up = np.cross(blocks[..., 14, :], blocks[..., 13, :])
+    up /= np.linalg.norm(up, axis=-1)[..., None]
+    up_direct = np.sum(up * (blocks[..., 15, :] - blocks[..., 12, :]), axis=-1)
+    up_direct /= np.abs(up_direct) + 1e-5
+    up *= up_direct[..., None]
+    up[..., 1] = 0
+    down = np.cross(blocks[..., 4, :], blocks[..., 5, :])
+    down /= np.linalg.norm(down, axis=-1)[..., None]
+    down *= up_direct[..., None]
+    down[..., 1] = 0
+    reward = (up * down).sum(-1).min(-1)
+    reward[reward >= 0] = 1.0
+    reward *= rate
+    dance_beats = np.zeros((n, t))
+    for index, keypoints in enumerate(pose):
+        kinetic_vel = np.mean(np.sqrt(np.sum((keypoints[1:] - keypoints[:-1]) ** 2, axis=2)), axis=1)
+        dance_beats[index, argrelextrema(gaussian_filter(kinetic_vel, 5), np.less)] = 1
+    dance_beats = dance_beats.reshape(n, t // 8, 8).max(2)
+    music_beats = beats.reshape(n, t // 8, 8).max(2)
+    return reward + (music_beats * dance_beats - 0.5) * 10
+
+
+def test_beat_reward_is_bailandos_on_the_decoded_actions():
     torch.manual_seed(0)
     vqvae = E3D2VQVAE(VQVAEConfig(channels=8, codebook_dim=8, residual_depth=1, codebook_size=CODEBOOK)).eval()
     episodes = toy_segments().batch(np.arange(4))
     episodes.music_beats[:, ::16] = 1.0  # a music beat in every other 8-frame window
-    rewards = BeatAlignmentReward(vqvae, beat_reward=5.0, orientation_weight=0.0)(episodes)
-    joints = vqvae.decode(episodes.upper_codes, episodes.lower_codes).numpy()
-    from e3d2_hf.metrics import kinematic_beats
+    beat_only = BeatAlignmentReward(vqvae, beat_reward=5.0, orientation_weight=0.0)
+    relative, velocity = vqvae.decode_root_relative(episodes.upper_codes[:, 1:], episodes.lower_codes[:, 1:])
+    pose = relative.clone()
+    pose[:, :, 0] = velocity  # Bailando's decoder output: root-relative joints, the root velocity in the root's place
+    torch.testing.assert_close(beat_only.decoded_actions(episodes), pose)
+    music = episodes.music_beats[:, 8:].numpy()  # Bailando's beat_seq[:, 8:-8]: the frames of the scored actions
+    rewards = beat_only(episodes)
+    assert rewards.shape == (4, 29)
+    np.testing.assert_array_equal(rewards.numpy(), _bailando_up_down_reward(pose.numpy().astype(np.float64), music, rate=0.0))
+    assert set(np.unique(rewards.numpy())) == {-5.0, 5.0}
+    rest = torch.as_tensor(rest_joints("male"), dtype=torch.float32)
+    facing_alike = pose.clone()
+    facing_alike[:, 40:83] = rest - rest[0]  # steps 6-10 whole and 3 frames of step 11 stand in the rest pose, facing alike
+    with_orientation = BeatAlignmentReward(vqvae, beat_reward=5.0, orientation_weight=2.0)
+    with_orientation.decoded_actions = lambda episodes: facing_alike
+    expected = _bailando_up_down_reward(facing_alike.numpy().astype(np.float64), music, rate=2.0)
+    np.testing.assert_allclose(with_orientation(episodes).numpy(), expected, atol=1e-5)
+    orientation = expected - _bailando_up_down_reward(facing_alike.numpy().astype(np.float64), music, rate=0.0)
+    assert (orientation[:, 5:10] == 2.0).all() and (orientation[:, 10] < 0).all() and (orientation < 0).any()  # 1 when >= 0, the min
 
-    for dance, beats, reward in zip(joints, episodes.music_beats.numpy(), rewards.numpy()):
-        motion = np.zeros(len(dance), bool)
-        motion[kinematic_beats(dance)] = True
-        both = motion.reshape(-1, 8).any(-1) & (beats.reshape(-1, 8) > 0).any(-1)
-        np.testing.assert_array_equal(reward, np.where(both, 5.0, -5.0)[1:])
-    with_orientation = BeatAlignmentReward(vqvae, beat_reward=5.0, orientation_weight=2.0)(episodes)
-    assert ((with_orientation - rewards).abs() <= 2.0 + 1e-5).all() and not torch.equal(with_orientation, rewards)
+
+def test_bailando_orientation_is_positive_when_upper_and_lower_body_face_alike():
+    rest = torch.as_tensor(rest_joints("male"), dtype=torch.float32)
+    rest = rest - rest[0]
+    turned = rest.clone()
+    lower = [1, 2, 4, 5, 7, 8, 10, 11]
+    turned[lower] = turned[lower] * torch.tensor([-1.0, 1.0, -1.0])  # the legs turned half a circle about the vertical
+    values = bailando_orientation(torch.stack([rest, turned])[None])
+    assert values[0, 0] > 0.5 and values[0, 1] < -0.5
 
 
 # ----------------------------------------------------------------------------------------------
@@ -438,7 +486,7 @@ def tiny_run(tmp_path_factory) -> Path:
 
 def write_recipe(run_dir: Path, **ppo_overrides) -> Path:
     section = dict(
-        max_steps=2, rollout_segments=16, train_batch_size=8, value_num_layers=1, eval_steps=1, eval_seconds=3.0,
+        max_steps=2, rollout_segments=16, train_batch_size=8, value_num_layers=1, eval_steps=1, eval_dance_seconds=3.0,
         save_steps=1, per_device_rollout_batch_size=16,
     )  # fmt: skip
     section.update(ppo_overrides)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import math
 import os
 import pickle
 import platform
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ import soundfile
 from e3d2_hf.cli import main
 from e3d2_hf.data import aistpp, music
 from e3d2_hf.data import prepare as build
+from e3d2_hf.metrics import MetricWarning
 from e3d2_hf.utils import E3D2Error, file_sha256
 
 from conftest import one_error_line
@@ -212,3 +215,39 @@ def test_a_read_only_out_is_one_error_line_naming_it(tmp_path: Path, capsys: pyt
     assert main(["prepare", "--aistpp", str(root), "--out", str(out)]) == 2
     assert one_error_line(capsys.readouterr().err, "e3d2 prepare: error: ") == f"e3d2 prepare: error: {out}: is a file, not a folder"
     assert out.read_text() == "my notes"
+
+
+def test_the_reference_set_is_every_motion_minus_the_ignore_list_at_full_length(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Bailando's FID/Div reference (extract_aist_features.py): every sequence of the release, not only the splits' ones."""
+    from e3d2_hf.rl.heldout import GroundTruth
+
+    root = tmp_path / "aist"
+    long_name, outside, ignored = NAMES["train"][1], "gJB_sFM_cAll_d01_mJB0_ch05", "gBR_sBM_cAll_d99_mBR0_ch99"
+    write_aistpp(root, frames={long_name: 5 * 60})  # its music is 2.5 s: the split's row is cut, the reference keeps all 300 frames
+    write_motion(root / "motions" / f"{outside}.pkl", 200, seed=7)  # in no split, and without music
+    write_motion(root / "motions" / f"{ignored}.pkl", 200, seed=8)  # on the ignore list
+    out = build.prepare_dataset(tmp_path / "data", aistpp_dir=root)
+    data = build.load_prepared(out)
+    dances = build.load_reference_dances(out, data)
+    assert set(dances) == {name for names in NAMES.values() for name in names} | {outside}
+    np.testing.assert_array_equal(dances[outside], aistpp.motion_joints(root / "motions" / f"{outside}.pkl"))
+    assert len(dances[long_name]) == 300 and len(data["train"][1]["joints"]) < 300
+    manifest = json.loads((out / build.MANIFEST_NAME).read_text())
+    assert manifest["reference_set"]["sequences"] == 5 and manifest["reference_set"]["motions_outside_the_splits_or_cut"] == 2
+    assert manifest["reference_set"]["list"].startswith("motions/*.pkl") and outside in manifest["inputs_sha256"]["motions"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MetricWarning)  # five random motions: constant features, as they should warn
+        ground_truth = GroundTruth.from_prepared(data, out)
+    assert len(ground_truth.features) == 5 and len(ground_truth.dances[long_name]) == 300
+
+    (root / "cameras").mkdir()  # the release's list of sequences, as AISTDataset reads it, leaves `outside` out here
+    (root / "cameras" / "mapping.txt").write_text("".join(f"{name} setting01\n" for names in NAMES.values() for name in names))
+    again = build.prepare_dataset(tmp_path / "again", aistpp_dir=root)
+    assert set(build.load_reference_dances(again, build.load_prepared(again))) == {name for names in NAMES.values() for name in names}
+    (out / build.REFERENCE_MOTIONS).write_bytes(b"not a zip")
+    with pytest.raises(E3D2Error, match=r"reference_motions.npz: not an .npz file of reference motions; prepare the data again"):
+        build.load_reference_dances(out, data)
+    (out / build.REFERENCE_MOTIONS).unlink()  # a dataset prepared before the reference set had its folder: the splits alone
+    with caplog.at_level(logging.WARNING):
+        assert set(build.load_reference_dances(out, data)) == {name for names in NAMES.values() for name in names}
+    assert "FID/Div compare with the splits' dances only" in caplog.text

@@ -50,7 +50,7 @@ def test_a_recipe_that_would_defeat_the_seeds_is_refused(section, problem):
 
 def _table(fid_k: float, bc_fid_k: float, beat: bool = False) -> dict:
     rows = {"bc": {"FID_k": bc_fid_k, "BAS": 0.2, "learned_return": 10.0}, "e3d2": {"FID_k": fid_k, "BAS": 0.3, "learned_return": None}}
-    return rows | ({"beat": {"FID_k": 1.0}} if beat else {}) | {"protocol": {"pieces": 44, "eval_seconds": 10.0, "decoding": "greedy"}}
+    return rows | ({"beat": {"FID_k": 1.0}} if beat else {}) | {"protocol": {"pieces": 44, "dance_seconds": None, "fid_div_seconds": 20.0, "bas_scope": "whole dance", "decoding": "greedy"}}
 
 
 def _write(path, table):

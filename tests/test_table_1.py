@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _config(run_dir: Path, **overrides) -> EvalConfig:
-    return EvalConfig(run_dir=str(run_dir), eval_seconds=2.0, batch_size=4, **overrides)
+    return EvalConfig(run_dir=str(run_dir), **({"dance_seconds": 2.0, "batch_size": 4} | overrides))
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +106,7 @@ def _evaluation(run_dir: Path, **overrides):
     data = datasets.load_from_disk(str(run_dir / "data"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MetricWarning)
-        ground_truth = GroundTruth.from_prepared(data)
+        ground_truth = GroundTruth.from_prepared(data, run_dir / "data")
     return policy_evaluation(str(run_dir / "bc"), _config(run_dir, **overrides), data, ground_truth, None), data
 
 
@@ -169,7 +169,33 @@ def test_the_protocols_scores_are_the_rows(tiny_run):
     clips = evaluation.dance(policy).clips
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MetricWarning)
-        direct = evaluate_dances(clips, GroundTruth.from_prepared(data).features, evaluation.pieces.music_beats)
+        direct = evaluate_dances(clips, GroundTruth.from_prepared(data, tiny_run / "data").features, evaluation.pieces.music_beats)
     table = json.loads((tiny_run / "eval" / "metrics.json").read_text())
     for key in ("FID_k", "FID_g", "Div_k", "Div_g", "BAS", "PFC"):
         assert table["bc"][key] == pytest.approx(direct[key], rel=1e-9), key
+
+
+def test_dances_are_whole_pieces_fid_and_div_score_their_first_seconds_and_bas_all_of_them(tiny_run):
+    """Bailando's protocol: whole pieces danced (mc_gpt_all.py eval), FID/Div on the first 20 s (metrics_new.py [:1200]), BAS on all."""
+    assert EvalConfig().dance_seconds is None and EvalConfig().fid_div_seconds == 20.0
+    (policy, evaluation, _), data = _evaluation(tiny_run, dance_seconds=None, fid_div_seconds=2.0)
+    clips = evaluation.dance(policy).clips
+    assert {len(clip) for clip in clips.values()} == {320}  # every frame of every piece
+    beats = evaluation.pieces.music_beats
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MetricWarning)
+        features = GroundTruth.from_prepared(data, tiny_run / "data").features
+        scores = evaluation.scores(clips, "whole pieces")
+        first_two_seconds = evaluate_dances({name: clip[:120] for name, clip in clips.items()}, features, beats)
+        whole = evaluate_dances(clips, features, beats)
+    for key in ("FID_k", "FID_g", "Div_k", "Div_g"):
+        assert scores[key] == pytest.approx(first_two_seconds[key], rel=1e-9), key
+    assert scores["BAS"] == pytest.approx(whole["BAS"], rel=1e-12) and scores["BAS"] != pytest.approx(first_two_seconds["BAS"])
+    assert scores["FID_k"] != pytest.approx(whole["FID_k"])
+    protocol = json.loads((tiny_run / "eval" / "metrics.json").read_text())["protocol"]
+    assert (protocol["dance_seconds"], protocol["fid_div_seconds"], protocol["bas_scope"]) == (2.0, 20.0, "whole dance")
+    assert protocol["ground_truth_clips"] == 10 and protocol["fid_div_reference"].startswith("every motion of the dataset")
+    with pytest.raises(E3D2Error, match="fid_div_seconds: must be positive"):
+        evaluate_dances(clips, features, beats, fid_div_seconds=0)
+    with pytest.raises(E3D2Error, match="eval: fid_div_seconds must be positive"):
+        EvalConfig(fid_div_seconds=-1.0)

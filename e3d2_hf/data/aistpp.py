@@ -5,6 +5,7 @@ Layout (the annotations folder of the AIST++ release, also what `synthetic.py` w
     ROOT/motions/<sequence>.pkl     smpl_poses (N, 72) or (N, 24, 3), smpl_trans (N, 3), smpl_scaling (1,)
     ROOT/splits/crossmodal_{train,val,test}.txt   one sequence name per line
     ROOT/ignore_list.txt            sequences with broken capture, left out of every split
+    ROOT/cameras/mapping.txt        (optional) every sequence of the release, "<sequence> <setting>" per line
     MUSIC_DIR/<music_id>.wav        from the AIST Dance DB (default MUSIC_DIR = ROOT/wavs)
 
 A sequence name such as `gBR_sBM_cAll_d04_mBR0_ch01` carries its genre (`g..` -> "BR") and its
@@ -133,6 +134,27 @@ def read_split(
             )
         )
     return sequences
+
+
+def read_reference_names(root: str | os.PathLike) -> tuple[list[str], str]:
+    """Every sequence the FID/Div reference set holds, and where the list came from.
+
+    Bailando's ground-truth features (`extract_aist_features.py` lines 68-72) are of every sequence
+    of the release, `AISTDataset(anno_dir).mapping_seq2env` (the first column of
+    ROOT/cameras/mapping.txt), minus ROOT/ignore_list.txt: about 1400, where the cross-modal splits
+    hold 992 (their lists leave out every other dance to the val / test music). Without
+    cameras/mapping.txt, every ROOT/motions/*.pkl stands in for it.
+    """
+    root = Path(root)
+    mapping = root / "cameras" / "mapping.txt"
+    if mapping.is_file():
+        names = [line.split()[0] for line in read_name_list(mapping)]
+        source = "cameras/mapping.txt"
+    else:
+        names = sorted(path.stem for path in (root / "motions").glob("*.pkl"))
+        source = "motions/*.pkl"
+    ignored = read_ignore_list(root)
+    return [name for name in dict.fromkeys(names) if name not in ignored], source
 
 
 def read_splits(root: str | os.PathLike, music_dir: str | os.PathLike | None = None) -> dict[str, list[AISTPPSequence]]:

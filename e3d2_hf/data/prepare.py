@@ -3,8 +3,12 @@
 One row per dance sequence, in the official splits, with everything later stages need and
 nothing they would have to recompute: joints at 60 fps (SMPL FK), music features at 60 fps
 aligned frame by frame with the joints, and music features at 7.5 fps, one per 8-frame pose-code
-step. A manifest records where the data came from (with content hashes), so a run can be traced
-back to its inputs. The folder appears only when complete (written through `atomic_directory`).
+step. Beside the splits, `reference_motions.npz` holds the full-length joints of every other motion
+of the FID/Div reference set (Bailando's: every sequence of the release minus the ignore list,
+`aistpp.read_reference_names`) and of any split sequence whose motion was cut to its music, so
+that `load_reference_dances` gives that set exactly. A manifest records where the data came from
+(with content hashes), so a run can be traced back to its inputs. The folder appears only when
+complete (written through `atomic_directory`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import math
 import os
 import shutil
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -28,10 +33,10 @@ from tqdm.auto import tqdm
 
 from e3d2_hf import __version__
 from e3d2_hf.data import music
-from e3d2_hf.data.aistpp import SPLITS, AISTPPSequence, motion_joints, music_id_from_name, read_split
+from e3d2_hf.data.aistpp import SPLITS, AISTPPSequence, load_motion, motion_joints, music_id_from_name, read_reference_names, read_split
 from e3d2_hf.motion.skeleton import GENDERS, NUM_JOINTS
 from e3d2_hf.recipe import RunLayout
-from e3d2_hf.utils import E3D2Error, atomic_directory, atomic_file, file_sha256
+from e3d2_hf.utils import E3D2Error, atomic_directory, atomic_file, file_sha256, numpy_file_kind
 from e3d2_hf.versions import environment_versions
 
 logger = logging.getLogger(__name__)
@@ -40,6 +45,7 @@ MOTION_FPS = 60.0
 MUSIC_FPS_LOW = 7.5  # one music frame per pose-code step
 FRAMES_PER_CODE_STEP = int(MOTION_FPS / MUSIC_FPS_LOW)  # the VQ-VAE downsamples time by 8
 MANIFEST_NAME = "manifest.json"
+REFERENCE_MOTIONS = "reference_motions.npz"  # the FID/Div reference set's motions not (whole) in the splits: name -> joints
 COLUMNS = ("name", "music_id", "genre", "joints", "music_features", "music_features_7p5")
 # Motion and music longer apart than this are reported: they are probably not the same take.
 MAX_SILENT_MISMATCH_FRAMES = int(MOTION_FPS)
@@ -139,6 +145,7 @@ class _SplitRows:
     skipped: list[dict[str, str]] = field(default_factory=list)
     motion_sha256: dict[str, str] = field(default_factory=dict)
     music_sha256: dict[str, str] = field(default_factory=dict)
+    frames_of: dict[str, int] = field(default_factory=dict)
 
     def __call__(self) -> Iterator[dict[str, Any]]:
         for sequence in tqdm(self.sequences, desc=f"prepare {self.split}", unit="seq"):
@@ -153,6 +160,7 @@ class _SplitRows:
                 self.music_sha256[row["music_id"]] = file_sha256(sequence.music_path)
             self.rows += 1
             self.frames += len(row["joints"])
+            self.frames_of[sequence.name] = len(row["joints"])
             yield row
 
 
@@ -174,6 +182,67 @@ def _build_split(rows: _SplitRows, arrow_cache: str) -> Any:
         if cause is not None and cause is not exc:  # `datasets` wraps a full disk (OSError) in its own error
             raise cause from exc
         raise
+
+
+@dataclass
+class _ReferenceRows:
+    """Generator of the reference set's motions that the splits do not hold whole: full-length joints, no music."""
+
+    source_dir: Path
+    names: list[str]
+    prepared_frames: dict[str, int]
+    gender: str
+    smpl_model_dir: str | None
+    rows: int = 0
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    motion_sha256: dict[str, str] = field(default_factory=dict)
+
+    def __call__(self) -> Iterator[tuple[str, np.ndarray]]:
+        for name in tqdm(self.names, desc="prepare reference motions", unit="seq"):
+            path = self.source_dir / "motions" / f"{name}.pkl"
+            try:
+                if name in self.prepared_frames and len(load_motion(path).poses) <= self.prepared_frames[name]:
+                    continue  # the split's row is the whole motion
+                joints = motion_joints(path, gender=self.gender, smpl_model_dir=self.smpl_model_dir)
+            except E3D2Error as exc:
+                logger.warning("reference set: skipping %s: %s", name, exc)
+                self.skipped.append({"name": name, "split": REFERENCE_MOTIONS, "reason": str(exc)})
+                continue
+            self.motion_sha256[name] = file_sha256(path)
+            self.rows += 1
+            yield name, joints.astype(np.float32)
+
+
+def write_reference_motions(path: Path, motions: dict[str, np.ndarray]) -> None:
+    """`reference_motions.npz`: name -> (T, 24, 3) float32 joints (AIST++: about 400 motions; none for the synthetic set)."""
+    with open(path, "wb") as handle:
+        np.savez(handle, **motions)
+
+
+def load_reference_dances(run_data_dir: str | os.PathLike, data: Any) -> dict[str, np.ndarray]:
+    """The FID/Div reference set: name -> full-length joints of every motion it holds (the splits' dances, with
+    `reference_motions.npz` added and put in place of the cut ones). A dataset prepared before it existed: the splits alone."""
+    dances = {
+        str(row["name"]): np.asarray(row["joints"], dtype=np.float32)
+        for split in data.values()
+        for row in split.with_format("numpy", columns=["name", "joints"])
+    }
+    path = Path(run_data_dir) / REFERENCE_MOTIONS
+    if not path.is_file():
+        logger.warning("%s: not found (prepared before the reference set had it); FID/Div compare with the splits' dances only", path)
+        return dances
+    if numpy_file_kind(path) != "npz":
+        raise E3D2Error(f"{path}: not an .npz file of reference motions; prepare the data again")
+    try:
+        with np.load(path, allow_pickle=False) as reference:
+            motions = {name: reference[name] for name in reference.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise E3D2Error(f"{path}: cannot read the reference motions ({type(exc).__name__}: {exc}); prepare the data again") from exc
+    for name, joints in motions.items():
+        if joints.ndim != 3 or joints.shape[1:] != (NUM_JOINTS, 3):
+            raise E3D2Error(f"{path}: motion '{name}' has shape {joints.shape}, expected (T, {NUM_JOINTS}, 3)")
+        dances[name] = joints.astype(np.float32, copy=False)
+    return dances
 
 
 @contextlib.contextmanager
@@ -271,13 +340,24 @@ def prepare_dataset(
         split: _SplitRows(split, sequences, gender, None if smpl_model_dir is None else str(smpl_model_dir), feature_cache)
         for split, sequences in split_sequences.items()
     }
+    reference_names, reference_list = read_reference_names(source_dir)
     with atomic_directory(out_dir) as tmp, _only_our_progress_bars():
         arrow_cache = tmp / ".arrow-cache"  # inside the staging folder: whatever happens, it goes with it
         dataset_dict = datasets.DatasetDict({split: _build_split(rows, str(arrow_cache)) for split, rows in split_rows.items()})
         dataset_dict.save_to_disk(str(tmp))
         del dataset_dict  # release the memory-mapped cache files before the folder goes
+        prepared_frames = {name: frames for rows in split_rows.values() for name, frames in rows.frames_of.items()}
+        reference_rows = _ReferenceRows(source_dir, reference_names, prepared_frames, gender, None if smpl_model_dir is None else str(smpl_model_dir))
+        write_reference_motions(tmp / REFERENCE_MOTIONS, dict(reference_rows()))
         shutil.rmtree(arrow_cache)
         manifest = _manifest(source, split_rows, gender, smpl_model_dir, time.perf_counter() - started)
+        manifest["reference_set"] = {
+            "sequences": len(set(prepared_frames) | set(reference_rows.motion_sha256)),
+            "list": f"{reference_list} minus ignore_list.txt (Bailando's extract_aist_features.py)",
+            "motions_outside_the_splits_or_cut": reference_rows.rows,
+            "skipped_sequences": reference_rows.skipped,
+        }
+        manifest["inputs_sha256"]["motions"] = dict(sorted({**manifest["inputs_sha256"]["motions"], **reference_rows.motion_sha256}.items()))
         with atomic_file(tmp / MANIFEST_NAME, "w") as handle:
             json.dump(manifest, handle, indent=2)
     skipped = manifest["skipped"]

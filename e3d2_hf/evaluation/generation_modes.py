@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from e3d2_hf.data.prepare import load_prepared
-from e3d2_hf.evaluation.table_1 import DIGITS, EvalConfig, policy_evaluation
+from e3d2_hf.evaluation.table_1 import DIGITS, EvalConfig, dance_protocol, describe_dances, policy_evaluation
 from e3d2_hf.metrics.intervals import INTERVAL_METRICS, paired_interval
 from e3d2_hf.metrics.protocol import METRIC_KEYS
 from e3d2_hf.metrics.scores import MetricWarning
@@ -91,7 +91,7 @@ def compare_generation_modes(config: EvalConfig) -> dict[str, Any]:
     data = load_prepared(config.data_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MetricWarning)  # Table 1 reports the data's warnings
-        ground_truth = GroundTruth.from_prepared(data)
+        ground_truth = GroundTruth.from_prepared(data, config.data_path)
     reward_model = load_run_reward_model(config.reward_model_path, required=False)
     reward = LearnedReward(reward_model) if reward_model is not None else None
     policies = {"bc": config.bc_path, "e3d2": config.e3d2_path, "beat": config.beat_path}
@@ -103,7 +103,7 @@ def compare_generation_modes(config: EvalConfig) -> dict[str, Any]:
     result["protocol"] = {
         "modes": list(MODES),
         "decoding": "sampled" if config.do_sample else "greedy",
-        "eval_seconds": config.eval_seconds,
+        **dance_protocol(config),
         "splits": list(config.splits),
         "intervals": {"resamples": config.resamples, "over": "held-out pieces", "paired": "recompute_window - cache"},
         "config": dataclasses.asdict(config),
@@ -146,7 +146,7 @@ def format_generation_modes(result: dict[str, Any]) -> str:
     protocol = result.get("protocol", {})
     lines += [
         "",
-        f"{protocol.get('decoding', '?')} decoding, first {protocol.get('eval_seconds')} s of each held-out piece ({', '.join(protocol.get('splits', []))}).",
+        f"{protocol.get('decoding', '?')} decoding, {describe_dances(protocol)}, held-out splits {', '.join(protocol.get('splits', []))}.",
     ]
     return "\n".join(lines)
 

@@ -167,8 +167,8 @@ def run(args: argparse.Namespace) -> int:
             if fps != PROTOCOL_FPS:
                 verb = "upsampled" if fps < PROTOCOL_FPS else "resampled"
                 notes.append(f"{what} clips at {fps:g} fps were {verb} to 60 fps by linear interpolation")
-        notes.append(f"protocol: generated clips cut to their first {GENERATED_FRAMES} frames (20 s at 60 fps); "
-                     "every clip shifted by its first frame's root")
+        notes.append(f"protocol: FID and Div on each generated clip's first {GENERATED_FRAMES} frames (20 s at 60 fps), BAS on the "
+                     "whole clip; every clip shifted by its first frame's root")
         if args.beats is not None:
             music_beats = _beats_from_folder(args.beats, list(generated))
             notes.append(f"music beats: one-hot tracks / frame indices from {args.beats}")

@@ -22,7 +22,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from e3d2_hf.evaluation.table_1 import DIGITS, ROW_LABELS
+from e3d2_hf.evaluation.table_1 import DIGITS, ROW_LABELS, describe_dances
 from e3d2_hf.metrics.protocol import METRIC_KEYS
 from e3d2_hf.recipe import RUN_KEYS
 from e3d2_hf.utils import E3D2Error
@@ -116,7 +116,7 @@ def aggregate_seeds(metrics_files: dict[int, str | Path], varies: str) -> dict[s
         "rows": rows,
         "minus_bc": minus_bc,
         "rows_not_in_every_seed": somewhere,
-        "protocol": {key: first.get(key) for key in ("pieces", "splits", "eval_seconds", "decoding", "generation")},
+        "protocol": {key: first.get(key) for key in ("pieces", "splits", "dance_seconds", "fid_div_seconds", "bas_scope", "decoding", "generation")},
         "notes": {"std": "sample standard deviation over seeds (n - 1)", "minus_bc": "row minus BC within each seed, then over seeds"},
     }
 
@@ -147,7 +147,7 @@ def format_seeds(result: dict[str, Any]) -> str:
     protocol = result.get("protocol") or {}
     lines += [
         "",
-        f"Each seed: {protocol.get('pieces')} held-out pieces, first {protocol.get('eval_seconds')} s, {protocol.get('decoding')} decoding.",
+        f"Each seed: {protocol.get('pieces')} held-out pieces, {describe_dances(protocol)}, {protocol.get('decoding')} decoding.",
     ]
     if result["rows_not_in_every_seed"]:
         lines.append(f"Rows left out (not in every seed's table): {', '.join(result['rows_not_in_every_seed'])}.")

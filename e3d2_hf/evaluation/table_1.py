@@ -4,10 +4,12 @@
 
 Every row is the held-out evaluation of `e3d2_hf.rl.heldout` (the one PPO's periodic evaluation
 uses too): one dance per held-out piece (`splits`, paper: the 40 AIST++ val + test pieces) from its
-ground-truth first pose code, the first `eval_seconds` (paper: 20 s), decoded greedily as
-Bailando's test does (`do_sample: true` samples instead, seeded). The rows:
+ground-truth first pose code, to the whole piece as Bailando's test does (`dance_seconds` cuts it
+shorter), decoded greedily as Bailando's test does (`do_sample: true` samples instead, seeded).
+FID and Div score the first `fid_div_seconds` of each dance (Bailando: 20 s), BAS the whole dance.
+The rows:
 
-- ground_truth: the held-out ground-truth dances, cut the same way;
+- ground_truth: the held-out ground-truth dances, as long as the policies' dances;
 - vqvae: each of them encoded to pose codes and decoded by the policies' VQ-VAE, root included
   (the cached codes of RUN/pose_codes): the best any policy choosing these codes can do;
 - bc: the behaviour-cloning policy (RUN/bc); e3d2: PPO's policy (RUN/ppo/policy), when there;
@@ -78,7 +80,12 @@ class EvalConfig:
     reward_model_path: str | None = field(default=None, metadata={"help": "Reward model for the learned return (default <run_dir>/reward)."})
     demonstrations_path: str | None = field(default=None, metadata={"help": "Demonstrations for Table 3 (default <run_dir>/demos/demonstrations)."})
     splits: list[str] = field(default_factory=lambda: ["val", "test"], metadata={"help": "Held-out splits to dance to."})
-    eval_seconds: float | None = field(default=20.0, metadata={"help": "Dance the first S seconds of each piece (paper: 20; null: all)."})
+    dance_seconds: float | None = field(
+        default=None, metadata={"help": "Dance the first S seconds of each held-out piece (null: the whole piece, as Bailando's test)."}
+    )
+    fid_div_seconds: float = field(
+        default=20.0, metadata={"help": "FID and Div score the first S seconds of each dance (Bailando: 20); BAS the whole dance."}
+    )
     do_sample: bool = field(default=False, metadata={"help": "Sample the dances (seeded) instead of decoding greedily (Bailando's test)."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (with do_sample)."})
     top_k: int | None = field(default=None, metadata={"help": "Sample from the k most likely codes only (with do_sample)."})
@@ -97,12 +104,25 @@ class EvalConfig:
         self.beat_path = self.beat_path or str(run.ppo_beat_policy)
         self.reward_model_path = self.reward_model_path or str(run.reward)
         self.demonstrations_path = self.demonstrations_path or str(run.demonstrations)
-        if self.eval_seconds is not None and self.eval_seconds <= 0:
-            raise E3D2Error(f"eval: eval_seconds must be positive (or null), got {self.eval_seconds}")
+        if self.dance_seconds is not None and self.dance_seconds <= 0:
+            raise E3D2Error(f"eval: dance_seconds must be positive (or null), got {self.dance_seconds}")
+        if self.fid_div_seconds <= 0:
+            raise E3D2Error(f"eval: fid_div_seconds must be positive, got {self.fid_div_seconds}")
         if self.batch_size < 1 or self.temperature <= 0:
             raise E3D2Error("eval: batch_size and temperature must be positive")
         if self.resamples < 0 or self.noise_level_demos < 0:
             raise E3D2Error(f"eval: resamples and noise_level_demos must not be negative, got {self.resamples}, {self.noise_level_demos}")
+
+
+def dance_protocol(config: EvalConfig) -> dict[str, Any]:
+    """How long the dances are and which part of them each metric scores, as metrics.json records it."""
+    return {"dance_seconds": config.dance_seconds, "fid_div_seconds": config.fid_div_seconds, "bas_scope": "whole dance"}
+
+
+def describe_dances(protocol: dict[str, Any]) -> str:
+    """`whole pieces (FID/Div: first 20.0 s, BAS: whole dance)` from a protocol record."""
+    length = "whole pieces" if protocol.get("dance_seconds") is None else f"first {protocol['dance_seconds']} s of each piece"
+    return f"{length} (FID/Div: first {protocol.get('fid_div_seconds')} s, BAS: {protocol.get('bas_scope', '?')})"
 
 
 def policy_evaluation(
@@ -113,7 +133,7 @@ def policy_evaluation(
     vqvae = policy.load_vqvae()
     codes = load_or_encode_codes(config.run_dir, vqvae, data_path=config.data_path, progress=False)
     evaluation = HeldOutEvaluation(
-        held_out_pieces(codes, data, config.splits, config.eval_seconds, vqvae.config),
+        held_out_pieces(codes, data, config.splits, config.dance_seconds, vqvae.config),
         ground_truth,
         reward,
         batch_size=config.batch_size,
@@ -121,6 +141,7 @@ def policy_evaluation(
         temperature=config.temperature,
         top_k=config.top_k,
         seed=config.seed,
+        fid_div_seconds=config.fid_div_seconds,
     )
     return policy, evaluation, codes
 
@@ -164,7 +185,7 @@ def evaluate_run(config: EvalConfig) -> dict[str, Any]:
     _check_splits(data, config)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", MetricWarning)
-        ground_truth = GroundTruth.from_prepared(data)
+        ground_truth = GroundTruth.from_prepared(data, config.data_path)
     for message in dict.fromkeys(str(warning.message) for warning in caught):
         logger.warning("eval: %s", message)
     reward_model = load_run_reward_model(config.reward_model_path, required=False)
@@ -204,11 +225,12 @@ def evaluate_run(config: EvalConfig) -> dict[str, Any]:
         "pieces": len(evaluation.pieces),
         "pieces_per_split": {split: len(data[split]) for split in config.splits},
         "splits": list(config.splits),
-        "eval_seconds": config.eval_seconds,
+        **dance_protocol(config),
         "decoding": "sampled" if config.do_sample else "greedy",
         "generation": "cache",  # E3D2PolicyModel.generate's strategy: the rolling KV cache (= one banded forward)
         "intervals": {"level": DEFAULT_LEVEL, "resamples": config.resamples, "over": "held-out pieces", "method": "percentile bootstrap"},
         "ground_truth_clips": len(ground_truth.dances),
+        "fid_div_reference": "every motion of the dataset minus the ignore list, whole (Bailando's extract_aist_features.py)",
         "config": dataclasses.asdict(config),
     }
     table["warnings"] = list(dict.fromkeys([str(warning.message) for warning in caught] + [m for e in evaluations for m in e.warnings]))
@@ -264,8 +286,8 @@ def format_table_1(table: dict[str, Any]) -> str:
     intervals = protocol.get("intervals") or {}
     lines += [
         "",
-        f"{protocol.get('pieces', '?')} held-out pieces ({per_split or ', '.join(protocol.get('splits', []))}), first "
-        f"{protocol.get('eval_seconds')} s each, {protocol.get('decoding', '?')} decoding ({protocol.get('generation', '?')} generation); [low, high]: 95% bootstrap interval "
+        f"{protocol.get('pieces', '?')} held-out pieces ({per_split or ', '.join(protocol.get('splits', []))}), "
+        f"{describe_dances(protocol)}, {protocol.get('decoding', '?')} decoding ({protocol.get('generation', '?')} generation); [low, high]: 95% bootstrap interval "
         f"over the pieces ({intervals.get('resamples', 0)} draws; a draw repeats pieces, which raises FID: its interval sits "
         "above the number, wholly so where the FID is near 0).",
     ]
@@ -302,4 +324,4 @@ def format_table_1(table: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["EvalConfig", "evaluate_run", "format_table_1", "policy_evaluation"]
+__all__ = ["EvalConfig", "dance_protocol", "describe_dances", "evaluate_run", "format_table_1", "policy_evaluation"]

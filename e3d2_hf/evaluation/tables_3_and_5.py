@@ -4,7 +4,7 @@
   the demonstrations and their mean learned return, on training-set music. The demonstrations are
   RUN/demos's `eval_seen` split (fresh rollouts of the eps-greedy BC policy on the training music,
   never made into training pairs), the first `noise_level_demos` per training sequence and level,
-  decoded by the BC policy's VQ-VAE and cut to the first `eval_seconds`, as Table 1's dances are.
+  decoded by the BC policy's VQ-VAE and cut to Table 1's `dance_seconds` (when set), scored as Table 1's dances are.
 - Table 5, "seen_unseen": the BC policy's metrics on the training music ("seen": one dance per
   training sequence from its first pose code, decoded as Table 1's) and on the held-out music
   ("unseen": Table 1's BC row).
@@ -41,10 +41,10 @@ def training_music_evaluation(
     ground_truth: GroundTruth, reward: LearnedReward | None,
 ) -> HeldOutEvaluation:  # fmt: skip
     """Table 1's evaluation on the training music: every training sequence a piece, cut and decoded alike."""
-    pieces = held_out_pieces(codes, data, [SEEN_SPLIT], config.eval_seconds, policy.load_vqvae().config)
+    pieces = held_out_pieces(codes, data, [SEEN_SPLIT], config.dance_seconds, policy.load_vqvae().config)
     return HeldOutEvaluation(
         pieces, ground_truth, reward, batch_size=config.batch_size, do_sample=config.do_sample,
-        temperature=config.temperature, top_k=config.top_k, seed=config.seed,
+        temperature=config.temperature, top_k=config.top_k, seed=config.seed, fid_div_seconds=config.fid_div_seconds,
     )  # fmt: skip
 
 

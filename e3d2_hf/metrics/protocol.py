@@ -1,11 +1,13 @@
 """The reference evaluation protocol (Bailando's, used for the paper's Table 1) and readers of other methods' dance files.
 
 Protocol: every clip is brought to 60 fps (a 30 fps method is upsampled by linear interpolation,
-as later papers do); a generated clip keeps its first 1200 frames (20 s); generated and
+as later papers do); for FID and Div a generated clip keeps its first 1200 frames (20 s,
+`fid_div_seconds`; Bailando's `utils/metrics_new.py` line 164, `[:1200]`); generated and
 ground-truth clips are shifted so that the first frame's root is at the origin (this matters: the
 reference's energy-expenditure feature depends on absolute position). FID_k / FID_g and Div_k /
-Div_g come from the kinetic and manual features of those clips, BAS from the full generated clip
-(root kept) against the music's beat track. PFC is EDGE's: each whole generated clip at 30 fps (a
+Div_g come from the kinetic and manual features of those clips, BAS from the whole generated clip
+(root kept) against the music's beat track (Bailando's `utils/beat_align_score.py` lines 66-69:
+every frame of `pred_position`, the beats cut to its length). PFC is EDGE's: each whole generated clip at 30 fps (a
 60 fps clip at every other frame; EDGE's own outputs, 30 fps, as they are), y up, x 1e4, as EDGE's
 `eval/eval_pfc.py` scores its outputs (its per-frame foot speeds depend on the frame rate).
 
@@ -58,7 +60,8 @@ logger = logging.getLogger(__name__)
 
 PROTOCOL_FPS = 60.0
 PFC_FPS = 30.0  # EDGE scores foot contact on its 30 fps outputs
-GENERATED_FRAMES = 1200  # 20 s at 60 fps
+FID_DIV_SECONDS = 20.0  # FID and Div score the first 20 s of a generated clip; BAS the whole clip
+GENERATED_FRAMES = round(FID_DIV_SECONDS * PROTOCOL_FPS)  # 1200
 METRIC_KEYS = ("FID_k", "FID_g", "Div_k", "Div_g", "BAS", "PFC")
 GROUND_TRUTH_KEYS = ("Div_k_gt", "Div_g_gt")
 UP_AXES = ("auto", "y", "z")
@@ -88,9 +91,16 @@ def shift_to_first_root(joints: np.ndarray) -> np.ndarray:
     return joints - joints[:1, :1]
 
 
-def generated_protocol_clip(joints: np.ndarray) -> np.ndarray:
-    """A generated clip as scored: its first 1200 frames, shifted by the first frame's root."""
-    return shift_to_first_root(joints[:GENERATED_FRAMES])
+def fid_div_frames(seconds: float) -> int:
+    """Frames at 60 fps of the first `seconds` of a generated clip that FID and Div score."""
+    if not seconds > 0:
+        raise E3D2Error(f"fid_div_seconds: must be positive, got {seconds}")
+    return round(seconds * PROTOCOL_FPS)
+
+
+def generated_protocol_clip(joints: np.ndarray, frames: int = GENERATED_FRAMES) -> np.ndarray:
+    """A generated clip as FID and Div score it: its first `frames` (1200) frames, shifted by the first frame's root."""
+    return shift_to_first_root(joints[:frames])
 
 
 def beat_frame_indices(beats: np.ndarray, name: str = "beats") -> tuple[np.ndarray, int | None]:
@@ -280,9 +290,15 @@ class ClipScores:
 
 
 def score_clips(
-    generated: Mapping[str, np.ndarray], music_beats: Mapping[str, np.ndarray] | None = None, fps: float = PROTOCOL_FPS, *, corrected: bool = False
+    generated: Mapping[str, np.ndarray],
+    music_beats: Mapping[str, np.ndarray] | None = None,
+    fps: float = PROTOCOL_FPS,
+    *,
+    corrected: bool = False,
+    fid_div_seconds: float = FID_DIV_SECONDS,
 ) -> ClipScores:
     """Every generated clip scored on its own (the rules are `evaluate_dances`'s); at least 2 clips."""
+    frames = fid_div_frames(fid_div_seconds)
     if not isinstance(generated, Mapping):
         raise E3D2Error("generated: give a dict of clip name -> joints")
     validated = {
@@ -293,7 +309,7 @@ def score_clips(
     clips = {name: resample_to_protocol_fps(joints, fps) for name, joints in validated.items()}
     input_lengths = {name: len(joints) for name, joints in validated.items()}
     beat_align = None if music_beats is None else _beat_align_scores(clips, input_lengths, music_beats, fps)
-    protocol_clips = [generated_protocol_clip(joints) for joints in clips.values()]
+    protocol_clips = [generated_protocol_clip(joints, frames) for joints in clips.values()]
     return ClipScores(
         names=list(validated),
         features=_features_of(protocol_clips, corrected, cache=False, description="generated features"),
@@ -363,12 +379,14 @@ def evaluate_dances(
     intervals: int = 0,
     seed: int = 0,
     keep_draws: bool = False,
+    fid_div_seconds: float = FID_DIV_SECONDS,
 ) -> dict[str, Any]:
     """The paper's Table 1 metrics of `generated` clips against a ground-truth set.
 
     generated: clip name -> joints (T, 24, 3) or (T, 72), metres, y up, SMPL order, at `fps`
     (anything but 60 is resampled to 60 by linear interpolation for FID, Div and BAS; PFC scores
-    each whole clip at 30 fps). At least 2 clips.
+    each whole clip at 30 fps). FID and Div score the first `fid_div_seconds` (Bailando: 20) of
+    each clip, BAS and PFC the whole clip. At least 2 clips.
     ground_truth: clips the same way at `ground_truth_fps` (dict or list), or their
     `ground_truth_features(...)`. At least 2 clips.
     music_beats: clip name -> the music's beat track at `fps`: one-hot (T,) or frame indices
@@ -386,7 +404,7 @@ def evaluate_dances(
     side, a clip shorter than the 41-frame smoothing window when BAS is asked for, generated clips
     without beats.
     """
-    scores = score_clips(generated, music_beats, fps, corrected=corrected)
+    scores = score_clips(generated, music_beats, fps, corrected=corrected, fid_div_seconds=fid_div_seconds)
     if isinstance(ground_truth, DanceFeatures):
         reference = ground_truth
     else:

@@ -284,12 +284,11 @@ class E3D2VQVAE(PreTrainedModel):
         return self.root_velocity_decoder(latents).transpose(1, 2) / self.config.fps
 
     @torch.no_grad()
-    def decode(self, upper_codes: torch.Tensor, lower_codes: torch.Tensor, root_start: torch.Tensor | None = None) -> torch.Tensor:
-        """Codes (B, n) -> joints (B, 8n, 24, 3) at 60 fps, the root integrated from predicted velocities.
+    def decode_root_relative(self, upper_codes: torch.Tensor, lower_codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Codes (B, n) -> root-relative joints (B, 8n, 24, 3), the root at 0, and the root velocity (B, 8n, 3), metres per frame.
 
-        `root_start` (B, 3) places the first frame's root; by default the dancer starts above the
-        origin with the first frame's lowest joint on the floor (y = 0, y up). The root joint sits
-        exactly on the integrated root, every other joint at its decoded offset from it.
+        What the decoders themselves output, before the root is integrated (Bailando's `decode`, which
+        its actor-critic reward reads as it is).
         """
         self._check_codes(upper_codes, lower_codes)
         upper_vectors = self.upper.code_vectors(upper_codes.long())
@@ -298,7 +297,17 @@ class E3D2VQVAE(PreTrainedModel):
         relative[:, :, 0] = 0.0
         if self.config.rest_skeleton is not None:
             relative = self._on_rest_skeleton(relative)
-        velocity = self.predict_root_velocity(upper_vectors, lower_vectors)
+        return relative, self.predict_root_velocity(upper_vectors, lower_vectors)
+
+    @torch.no_grad()
+    def decode(self, upper_codes: torch.Tensor, lower_codes: torch.Tensor, root_start: torch.Tensor | None = None) -> torch.Tensor:
+        """Codes (B, n) -> joints (B, 8n, 24, 3) at 60 fps, the root integrated from predicted velocities.
+
+        `root_start` (B, 3) places the first frame's root; by default the dancer starts above the
+        origin with the first frame's lowest joint on the floor (y = 0, y up). The root joint sits
+        exactly on the integrated root, every other joint at its decoded offset from it.
+        """
+        relative, velocity = self.decode_root_relative(upper_codes, lower_codes)
         batch = upper_codes.shape[0]
         if root_start is None:
             root_start = F.pad(-relative[:, 0, :, 1].amin(dim=1, keepdim=True), (1, 1))

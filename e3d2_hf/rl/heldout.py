@@ -1,15 +1,18 @@
 """The one held-out evaluation: policies dance to the held-out music with the same random numbers and are scored alike.
 
 Protocol (method.md, metrics.md): one dance per held-out piece (paper: the 40 AIST++ val + test
-pieces), starting from the pose code of its ground-truth dance's first 8 frames and cut to the
-first `eval_seconds` (paper: 20 s); decoded greedily (Table 1, as Bailando's test) or sampled with a
-generator seeded by `seed_of(seed, -2)` (PPO's evaluation), so every policy compared faces the same
+pieces), starting from the pose code of its ground-truth dance's first 8 frames, to the whole piece
+as Bailando's test does (`mc_gpt_all.py` lines 270-314: `gpt.sample` over the piece's whole music;
+`dance_seconds` cuts it shorter to save time); FID and Div score the first `fid_div_seconds` of
+each dance (Bailando: 20 s), BAS the whole dance; decoded greedily (Table 1, as Bailando's test)
+or sampled with a generator seeded by `seed_of(seed, -2)` (PPO's evaluation), so every policy compared faces the same
 random numbers. Each policy's dances get
 
 - the learned return (the reward model's, paper Eq. 4), when a reward model is given;
 - the exact per-step KL to a reference policy (PPO: pi_BC) and the policy's per-step entropy
   (both under the sampling distribution, on the states its dances visit), when a reference is given;
-- FID_k, FID_g, Div_k, Div_g against the features of every dance of the dataset (`GroundTruth`),
+- FID_k, FID_g, Div_k, Div_g against the features of the reference set (`GroundTruth`: Bailando's,
+  every motion of the release minus the ignore list, `e3d2_hf.data.prepare.load_reference_dances`),
   BAS against each piece's music beats, and PFC (`e3d2_hf.metrics.evaluate_dances`), with 95%
   bootstrap intervals over the pieces when asked.
 
@@ -21,7 +24,7 @@ Two users: Table 1 (`e3d2_hf.evaluation.table_1`) and PPO's periodic and final e
 `e3d2_hf.trainers.ppo.train_ppo` hands to the trainer as its `evaluator`. Given the pieces' splits,
 PPO's evaluation record also scores each split alone (`splits`), so that a choice made on one of
 them (PPO's best policy, on val) reads none of the other's numbers (test, which Table 1 reports). It lives in `rl/`, below the
-trainers, because both need it; it imports only `rl/`, `models/` and `metrics/`.
+trainers, because both need it; it imports only `rl/`, `models/`, `metrics/` and `data/`.
 """
 
 from __future__ import annotations
@@ -29,13 +32,16 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import datasets
 import numpy as np
 import torch
 
+from e3d2_hf.data.prepare import load_reference_dances
 from e3d2_hf.metrics import evaluate_dances, ground_truth_features
+from e3d2_hf.metrics.protocol import FID_DIV_SECONDS
 from e3d2_hf.rl.environment import Episodes, HeldOutPieces
 from e3d2_hf.rl.ppo_formulas import categorical_kl, sampling_logits
 from e3d2_hf.rl.rewards import LearnedReward
@@ -50,34 +56,31 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def held_out_steps(eval_seconds: float | None, fps: float, frames_per_step: int) -> int | None:
-    """Pose-code steps of the first `eval_seconds` of a piece: max(2, round(S * fps / frames_per_step)); None: the whole piece."""
-    return None if eval_seconds is None else max(2, round(eval_seconds * fps / frames_per_step))
+def held_out_steps(dance_seconds: float | None, fps: float, frames_per_step: int) -> int | None:
+    """Pose-code steps of the first `dance_seconds` of a piece: max(2, round(S * fps / frames_per_step)); None: the whole piece."""
+    return None if dance_seconds is None else max(2, round(dance_seconds * fps / frames_per_step))
 
 
 def held_out_pieces(
-    codes: datasets.DatasetDict, data: datasets.DatasetDict, splits: list[str], eval_seconds: float | None, vqvae_config: VQVAEConfig
+    codes: datasets.DatasetDict, data: datasets.DatasetDict, splits: list[str], dance_seconds: float | None, vqvae_config: VQVAEConfig
 ) -> HeldOutPieces:
-    """The pieces of the held-out `splits`, from their pose codes (`codes`) and prepared dances (`data`), each cut to `eval_seconds`."""
+    """The pieces of the held-out `splits`, from their pose codes (`codes`) and prepared dances (`data`), each whole or cut to `dance_seconds`."""
     frames_per_step = vqvae_config.frames_per_code
-    max_steps = held_out_steps(eval_seconds, vqvae_config.fps, frames_per_step)
+    max_steps = held_out_steps(dance_seconds, vqvae_config.fps, frames_per_step)
     return HeldOutPieces.from_codes([codes[split] for split in splits], [data[split] for split in splits], frames_per_step, max_steps)
 
 
 @dataclass
 class GroundTruth:
-    """Every dance of the prepared dataset (name -> 60 fps joints) and its features, the reference FID and Div compare with."""
+    """The reference set FID and Div compare with (name -> full-length 60 fps joints) and its features."""
 
     dances: dict[str, np.ndarray]
     features: Any
 
     @classmethod
-    def from_prepared(cls, data: datasets.DatasetDict) -> GroundTruth:
-        dances = {
-            row["name"]: np.asarray(row["joints"], dtype=np.float32)
-            for split in data.values()
-            for row in split.with_format("numpy", columns=["name", "joints"])
-        }
+    def from_prepared(cls, data: datasets.DatasetDict, data_path: str | Path) -> GroundTruth:
+        """The reference set of the dataset prepared at `data_path` (`data`: its splits, loaded)."""
+        dances = load_reference_dances(data_path, data)
         return cls(dances, ground_truth_features(dances))
 
     def clips(self, pieces: HeldOutPieces) -> dict[str, np.ndarray]:
@@ -113,6 +116,7 @@ class HeldOutEvaluation:
         temperature, top_k: the sampling distribution (also the one the KL is measured under).
         seed: the run's seed; the dances use `seed_of(seed, -2)`.
         splits: the pieces' names by held-out split; with two or more, `evaluate` scores each split alone too.
+        fid_div_seconds: FID and Div score the first S seconds of each dance (Bailando: 20); BAS the whole dance.
     """
 
     def __init__(
@@ -127,6 +131,7 @@ class HeldOutEvaluation:
         top_k: int | None = None,
         seed: int = 0,
         splits: dict[str, list[str]] | None = None,
+        fid_div_seconds: float = FID_DIV_SECONDS,
     ):
         unknown = sorted({name for names in (splits or {}).values() for name in names} - set(pieces.names))
         if unknown:
@@ -134,6 +139,7 @@ class HeldOutEvaluation:
         self.pieces, self.ground_truth, self.learned_reward = pieces, ground_truth, learned_reward
         self.splits = splits if splits is not None and len(splits) > 1 else {}
         self.batch_size, self.do_sample, self.temperature, self.top_k, self.seed = batch_size, do_sample, temperature, top_k, seed
+        self.fid_div_seconds = fid_div_seconds
         self.warnings: list[str] = []  # the metrics' warnings so far, each once
 
     def __len__(self) -> int:
@@ -227,7 +233,8 @@ class HeldOutEvaluation:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             scores = evaluate_dances(
-                clips, self.ground_truth.features, beats, intervals=intervals, seed=seed_of(self.seed, -3), keep_draws=keep_draws
+                clips, self.ground_truth.features, beats, intervals=intervals, seed=seed_of(self.seed, -3), keep_draws=keep_draws,
+                fid_div_seconds=self.fid_div_seconds,
             )
         for message in dict.fromkeys(str(warning.message) for warning in caught):
             logger.log(log_level, "%s: %s", what, message)

@@ -8,16 +8,10 @@ reward of each of the T-1 actions, a (B, T-1) tensor; the PPO trainer adds the K
       r_t = 0 for t < T-1,   r_{T-1} = R(tau) = sum_t r_theta(s_t, a_t).
   The reward model scores actions a_1..a_{T-1} with their music m_1..m_{T-1}, exactly the 29-step
   snippets it was trained to rank (step 0 is dropped, as in the demonstrations' pairs).
-- `BeatAlignmentReward` (paper Table 2 ablation, Bailando's hand-designed reward):
+- `BeatAlignmentReward` (paper Eq. 8 and Table 2's ablation): Bailando's hand-designed reward,
       r_t = r_beat,t + lambda * r_orientation,t
-  per action t, on the dance decoded to joints by the VQ-VAE. r_beat,t = +beat_reward if a music
-  beat and a motion beat both fall in step t's 8-frame window, else -beat_reward (Bailando's
-  actor-critic fine-tuning: +/-5; music beats = column 53 of the 60 fps features, motion beats =
-  local minima of the smoothed joint speed, `e3d2_hf.metrics.kinematic_beats`).
-  r_orientation,t = mean over the window's frames of the cosine between the horizontal directions
-  of the shoulder line and the hip line: 1 when upper and lower body face the same way ("the
-  consistency of the upper and lower half body", paper Table 2 discussion). Bailando ships the
-  orientation term with weight 0; `orientation_weight` (lambda) is the recipe's.
+  per action t, as its actor-critic computes it (lisiyao21/Bailando `actor_critic.py` lines
+  172-191 and `models/up_down_half_reward.py` lines 13-83; see `BeatAlignmentReward`).
 
 `RewardNormalization` optionally rescales the task reward so that the episode return has mean 0
 and standard deviation 1 under the running statistics of every return PPO has gathered so far
@@ -49,8 +43,7 @@ from e3d2_hf.utils import E3D2Error
 
 BAILANDO_BEAT_REWARD = 5.0  # lisiyao21/Bailando actor-critic fine-tuning: +5 / -5 per 8-frame window
 UP_AXIS = 1  # joints are y up (contract)
-HIP_JOINTS = (SMPL_JOINT_NAMES.index("left_hip"), SMPL_JOINT_NAMES.index("right_hip"))
-SHOULDER_JOINTS = (SMPL_JOINT_NAMES.index("left_shoulder"), SMPL_JOINT_NAMES.index("right_shoulder"))
+JOINT = {name: index for index, name in enumerate(SMPL_JOINT_NAMES)}
 
 
 class RewardFunction(ABC):
@@ -118,16 +111,54 @@ class LearnedReward(RewardFunction):
         return rewards
 
 
-def orientation_consistency(joints: torch.Tensor) -> torch.Tensor:
-    """Per frame (B, F): cosine between the horizontal shoulder line and the horizontal hip line."""
-    horizontal = [axis for axis in range(3) if axis != UP_AXIS]
-    shoulders = (joints[:, :, SHOULDER_JOINTS[1]] - joints[:, :, SHOULDER_JOINTS[0]])[..., horizontal]
-    hips = (joints[:, :, HIP_JOINTS[1]] - joints[:, :, HIP_JOINTS[0]])[..., horizontal]
-    return torch.nn.functional.cosine_similarity(shoulders, hips, dim=-1, eps=1e-8)
+def bailando_orientation(pose: torch.Tensor) -> torch.Tensor:
+    """Per frame (B, F): Bailando's upper / lower orientation agreement on root-relative joints (B, F, 24, 3).
+
+    `up_down_half_reward.py` lines 57-73: the unit normal of the plane through the root and the
+    collars (cross(right collar, left collar)) and that of the plane through the root and the knees
+    (cross(left knee, right knee)), both signed by the upper body's direction (the sign of the
+    normal's dot with neck -> head, softened by 1e-5; Bailando computes the lower body's own sign and
+    uses the upper one for both, kept), their vertical components zeroed (not renormalised); the
+    frame's value is the dot product of the two.
+    """
+
+    def unit_normal(first: str, second: str) -> torch.Tensor:
+        normal = torch.linalg.cross(pose[..., JOINT[first], :], pose[..., JOINT[second], :], dim=-1)
+        return normal / normal.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # a degenerate plane: 0, where Bailando's gives NaN
+
+    upper = unit_normal("right_collar", "left_collar")
+    lower = unit_normal("left_knee", "right_knee")
+    direction = (upper * (pose[..., JOINT["head"], :] - pose[..., JOINT["neck"], :])).sum(-1, keepdim=True)
+    direction = direction / (direction.abs() + 1e-5)
+    horizontal = torch.ones(3, dtype=pose.dtype, device=pose.device)
+    horizontal[UP_AXIS] = 0.0
+    return (upper * direction * horizontal * lower * direction * horizontal).sum(-1)
 
 
 class BeatAlignmentReward(RewardFunction):
-    """Bailando's hand-designed reward: beat alignment per 8-frame window plus lambda * orientation (dense)."""
+    """Bailando's hand-designed reward, r_t = r_beat,t + lambda * r_orientation,t per action (dense).
+
+    As Bailando's actor-critic (lisiyao21/Bailando `actor_critic.py` lines 172-191,
+    `models/up_down_half_reward.py` lines 13-83, `configs/actor_critic.yaml`):
+
+    - the actions alone are decoded, a_0 (the data's, not chosen) left out: Bailando decodes codes
+      1..28 of its 30-code window (`rewards_input`, line 173), and its reward reads the decoder's
+      raw output: joints relative to the root, the root joint's place holding the root velocity
+      (`models/vqvae_root.py` `_decode`), which `E3D2VQVAE.decode_root_relative` gives;
+    - music beats: the 60 fps beat track (column 53) of the actions' frames, step 0's 8 frames left
+      out (Bailando's `beat_seq[:, 8:-8]`, the frames of codes 1..28);
+    - motion beats: `kinematic_beats` (its `calc_db`, the local minima of the smoothed mean joint
+      speed) of that decoded output; r_beat,t = +beat_reward (5) when step t's 8 frames hold both a
+      music beat and a motion beat, else -beat_reward (`ba_reward`: (beats * dance_beats - 0.5) * 10);
+    - r_orientation,t: the minimum over step t's 8 frames of `bailando_orientation`, 1 where that
+      minimum is >= 0 (lines 73-74); lambda is `orientation_weight` (Bailando's `rate`, 0 in its
+      released config, so its reward is the beat term alone).
+
+    One difference, kept on purpose: Bailando scores 28 of the 29 actions of its window, because its
+    critic's 29-step context holds no value for the state after the 29th (lines 172-202: values of
+    states 0..28, rewards of codes 1..28); our PPO ends the episode there (no value to bootstrap),
+    so every action a_1..a_{T-1} of the episode is decoded and scored.
+    """
 
     name = "beat"
     sparse = False
@@ -145,25 +176,35 @@ class BeatAlignmentReward(RewardFunction):
         self.vqvae.to(device)
         return self
 
+    def decoded_actions(self, episodes: Episodes) -> torch.Tensor:
+        """The actions a_1..a_{T-1} decoded as Bailando's reward sees them (B, 8(T-1), 24, 3): root-relative joints, root velocity at joint 0."""
+        device = self.vqvae.device
+        relative, velocity = self.vqvae.decode_root_relative(episodes.upper_codes[:, 1:].to(device), episodes.lower_codes[:, 1:].to(device))
+        pose = relative.float()
+        pose[:, :, 0] = velocity.float()
+        if not bool(torch.isfinite(pose).all()):
+            raise E3D2Error("beat reward: the VQ-VAE decoded non-finite joints")
+        return pose
+
     @torch.no_grad()
     def __call__(self, episodes: Episodes) -> torch.Tensor:
-        device = self.vqvae.device
-        joints = self.vqvae.decode(episodes.upper_codes.to(device), episodes.lower_codes.to(device)).float()
-        batch, frames = joints.shape[:2]
-        steps, frames_per_step = episodes.upper_codes.shape[1], self.vqvae.config.frames_per_code
-        if not bool(torch.isfinite(joints).all()):
-            raise E3D2Error("beat reward: the VQ-VAE decoded non-finite joints")
+        pose = self.decoded_actions(episodes)
+        batch, frames = pose.shape[:2]
+        actions, frames_per_step = episodes.upper_codes.shape[1] - 1, self.vqvae.config.frames_per_code
         motion_beats = np.zeros((batch, frames), dtype=bool)
-        for index, clip in enumerate(joints.cpu().numpy()):
+        for index, clip in enumerate(pose.cpu().numpy()):
             motion_beats[index, kinematic_beats(clip)] = True
-        music_beats = episodes.music_beats[:, :frames].to(device) > 0.5
+        music_beats = episodes.music_beats[:, frames_per_step : frames_per_step + frames].to(pose.device) > 0.5
         if music_beats.shape[1] != frames:
-            raise E3D2Error(f"beat reward: {music_beats.shape[1]} music-beat frames for {frames} motion frames")
-        motion_in_window = torch.from_numpy(motion_beats).to(device).view(batch, steps, frames_per_step).any(-1)
-        music_in_window = music_beats.view(batch, steps, frames_per_step).any(-1)
-        beat = torch.where(music_in_window & motion_in_window, self.beat_reward, -self.beat_reward)
-        orientation = orientation_consistency(joints).view(batch, steps, frames_per_step).mean(-1)
-        return (beat + self.orientation_weight * orientation)[:, 1:].float()
+            raise E3D2Error(f"beat reward: {music_beats.shape[1]} music-beat frames for the actions' {frames} motion frames")
+        motion_in_step = torch.from_numpy(motion_beats).to(pose.device).view(batch, actions, frames_per_step).any(-1)
+        music_in_step = music_beats.view(batch, actions, frames_per_step).any(-1)
+        beat = torch.where(music_in_step & motion_in_step, self.beat_reward, -self.beat_reward)
+        if self.orientation_weight == 0.0:  # Bailando's released weight: the beat term alone
+            return beat.float()
+        orientation = bailando_orientation(pose).view(batch, actions, frames_per_step).amin(-1)
+        orientation = torch.where(orientation >= 0, torch.ones_like(orientation), orientation)
+        return (beat + self.orientation_weight * orientation).float()
 
 
 @dataclass
@@ -215,5 +256,5 @@ __all__ = [
     "LearnedReward",
     "RewardFunction",
     "RewardNormalization",
-    "orientation_consistency",
+    "bailando_orientation",
 ]

@@ -82,8 +82,8 @@ def train_ppo(config: PPOConfig) -> Path:
         evaluator = None
         if accelerator.is_main_process:  # the trainer evaluates on the main process only
             evaluator = HeldOutEvaluation(
-                held_out_pieces(codes, data, config.eval_splits, config.eval_seconds, vqvae.config),
-                GroundTruth.from_prepared(data) if config.eval_metrics else None,
+                held_out_pieces(codes, data, config.eval_splits, config.eval_dance_seconds, vqvae.config),
+                GroundTruth.from_prepared(data, config.data_path) if config.eval_metrics else None,
                 learned_reward,
                 batch_size=config.per_device_rollout_batch_size,
                 do_sample=config.eval_do_sample,
@@ -91,6 +91,7 @@ def train_ppo(config: PPOConfig) -> Path:
                 top_k=config.top_k,
                 seed=config.seed,
                 splits={split: [str(name) for name in codes[split]["name"]] for split in config.eval_splits},
+                fid_div_seconds=config.eval_fid_div_seconds,
             )
         trainer = PPOTrainer(config, policy, reward_function, segments, learned_reward=learned_reward, evaluator=evaluator, accelerator=accelerator)
         summary = trainer.train()

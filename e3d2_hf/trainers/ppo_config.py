@@ -27,8 +27,8 @@ ADVANTAGE_ESTIMATORS = ("return", "gae")
 RESUME_NEUTRAL_FIELDS = frozenset(
     {
         "run_dir", "output_dir", "resume", "overwrite_output_dir", "resume_with_changes", "max_steps", "report_to", "logging_steps",
-        "save_steps", "save_total_limit", "push_to_hub", "hub_model_id", "use_cpu", "eval_steps", "eval_splits", "eval_seconds",
-        "eval_do_sample", "eval_metrics",
+        "save_steps", "save_total_limit", "push_to_hub", "hub_model_id", "use_cpu", "eval_steps", "eval_splits", "eval_dance_seconds",
+        "eval_fid_div_seconds", "eval_do_sample", "eval_metrics",
     }
 )  # fmt: skip
 PATH_FIELDS = ("policy_path", "reward_model_path", "data_path")
@@ -102,7 +102,12 @@ class PPOConfig:
     # Evaluation, logging, checkpoints
     eval_steps: int = field(default=10, metadata={"help": "Evaluate on held-out music every N steps (0: only BC and final)."})
     eval_splits: list[str] = field(default_factory=lambda: ["val", "test"], metadata={"help": "Held-out splits to dance to."})
-    eval_seconds: float | None = field(default=20.0, metadata={"help": "Dance the first S seconds of each piece (None: all)."})
+    eval_dance_seconds: float | None = field(
+        default=None, metadata={"help": "Dance the first S seconds of each held-out piece (null: the whole piece, as Bailando's test)."}
+    )
+    eval_fid_div_seconds: float = field(
+        default=20.0, metadata={"help": "FID and Div score the first S seconds of each dance (Bailando: 20); BAS the whole dance."}
+    )
     eval_do_sample: bool = field(default=True, metadata={"help": "Sample evaluation dances (seeded) as in training; false: greedy."})
     eval_metrics: bool = field(default=True, metadata={"help": "Compute the paper's metrics (FID, Div, BAS) at each evaluation."})
     best_policy_metric: str | None = field(
@@ -165,8 +170,8 @@ class PPOConfig:
             problems.append("gamma and gae_lambda must lie in [0, 1]; clip_ratio and max_grad_norm must be positive")
         if self.learning_rate <= 0 or (self.value_learning_rate is not None and self.value_learning_rate <= 0):
             problems.append(f"learning_rate and value_learning_rate must be positive, got {self.learning_rate}, {self.value_learning_rate}")
-        if self.eval_steps < 0 or (self.eval_seconds is not None and self.eval_seconds <= 0):
-            problems.append("eval_steps must not be negative and eval_seconds must be positive (or null)")
+        if self.eval_steps < 0 or (self.eval_dance_seconds is not None and self.eval_dance_seconds <= 0) or self.eval_fid_div_seconds <= 0:
+            problems.append("eval_steps must not be negative, eval_dance_seconds must be positive (or null) and eval_fid_div_seconds positive")
         if self.best_policy_metric is not None:
             if self.best_policy_metric not in BEST_POLICY_METRICS:
                 problems.append(f"best_policy_metric must be one of {tuple(BEST_POLICY_METRICS)} or null, got {self.best_policy_metric!r}")
