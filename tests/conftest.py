@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -61,9 +62,21 @@ def launch_ranks(script: Path, *args: str, through_accelerate: bool = False, tim
     else:
         launcher = ["e3d2_hf.cli", "launch", "--num_processes", "2", "--threads", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": port}
-    result = subprocess.run([sys.executable, "-m", *launcher, str(script), *args], check=False, env=env, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stderr
+    launch = subprocess.Popen([sys.executable, "-m", *launcher, str(script), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _, stderr = launch.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        # torch's launcher starts each rank in a session of its own: killing the launcher would leave the ranks
+        # running (and loading the machine for every later test). On SIGTERM it stops them itself.
+        launch.send_signal(signal.SIGTERM)
+        try:
+            _, stderr = launch.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            launch.kill()
+            _, stderr = launch.communicate()
+        pytest.fail(f"2-rank launch of {script.name} still running after {timeout:g} s; stopped. Its stderr ends:\n{stderr[-3000:]}")
+    assert launch.returncode == 0, stderr[-3000:]
+    return stderr
 
 
 def dance_like_joints(frames: int, seed: int) -> np.ndarray:

@@ -120,7 +120,7 @@ def test_the_stage_cards_carry_their_facts(tmp_path):
 
     diagnostics = {
         "pair_accuracy_train": 0.9, "pair_accuracy_seen": 0.8125, "pair_accuracy_unseen": 0.75, "monotonic": True,
-        "music_pair_accuracy_seen": 0.625, "music_pair_accuracy_unseen": 0.5,
+        "mismatched_music_accuracy_seen": 0.625, "mismatched_music_accuracy_unseen": 0.5,
         "return_by_noise": {"1": {"mean": -3.5, "std": 1.25, "count": 4}, "0.02": {"mean": 0.5, "std": 0.25, "count": 4}},
     }  # fmt: skip
     pairs = {"train": 256, "eval_seen": 64, "eval_unseen": 32}

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoModel, EvalPrediction
 
 from e3d2_hf.data.demonstrations import (
     DEMONSTRATION_SPLITS,
@@ -299,9 +299,9 @@ def test_reward_model_learns_the_toy_ranking(trained_run):
     means = [diagnostics["return_by_noise"][f"{level:g}"]["mean"] for level in NOISE_LEVELS]
     assert means[0] > means[1] > means[2] and diagnostics["monotonic"] is True
     assert [point["epoch"] for point in diagnostics["accuracy_per_epoch"]] == [1.0, 2.0, 3.0]
-    assert {"epoch", "train", "seen", "unseen", "seen_music", "unseen_music"} <= set(diagnostics["accuracy_per_epoch"][-1])
+    assert {"epoch", "train", "seen", "unseen", "seen_mismatched", "unseen_mismatched"} <= set(diagnostics["accuracy_per_epoch"][-1])
     # the toy's clean codes follow the music, so its own music ranks above another piece's
-    assert diagnostics["music_pair_accuracy_seen"] > 0.75 and diagnostics["music_pair_accuracy_unseen"] > 0.75
+    assert diagnostics["mismatched_music_accuracy_seen"] > 0.75 and diagnostics["mismatched_music_accuracy_unseen"] > 0.75
 
 
 def test_training_writes_a_complete_reward_folder(trained_run):
@@ -314,11 +314,36 @@ def test_training_writes_a_complete_reward_folder(trained_run):
     assert "held-out, unseen music" in card and "| learning_rate | 0.0005 |" in card
     assert not any(path.name.startswith(".reward") for path in trained_run.iterdir())
     pairs = datasets.load_from_disk(str(trained_run / "demos" / "ranked_pairs"))
-    assert set(pairs) == {*DEMONSTRATION_SPLITS, "eval_seen_music", "eval_unseen_music"} and len(pairs["train"]) == 1280
-    assert 200 < pairs["train"]["pair_kind"].count("music") < 440 and set(pairs["eval_seen_music"]["pair_kind"]) == {"music"}
+    assert set(pairs) == {*DEMONSTRATION_SPLITS, "eval_seen_mismatched", "eval_unseen_mismatched"} and len(pairs["train"]) == 1280
+    assert 200 < pairs["train"]["pair_kind"].count("music") < 440 and set(pairs["eval_seen_mismatched"]["pair_kind"]) == {"music"}
     assert "own vs other music, unseen" in card and "| mismatched_music_fraction | 0.25 |" in card
     model = AutoModel.from_pretrained(reward_dir)
     assert isinstance(model, E3D2RewardModel) and model.config.context_steps == 29 and model.config.hidden_size == 64
+
+
+def test_pair_accuracy_counts_a_tie_as_half():
+    """A music-blind reward model ties every mismatched-music pair (the same codes twice): chance, 0.5, not 0."""
+    returns = np.array([[2.0, 1.0], [1.0, 1.0], [0.0, 3.0], [5.0, 5.0]])
+    assert reward_model.pair_accuracy(EvalPrediction(predictions=returns, label_ids=np.zeros(4))) == {"pair_accuracy": 0.5}
+    music, upper, lower = random_trajectory(2, 29)
+    blind = tiny_model()
+    with torch.no_grad():
+        blind.music_embedding.weight.zero_()
+        blind.music_embedding.bias.zero_()
+        own, other = blind(music[:1], upper[:1], lower[:1]).returns, blind(music[1:], upper[:1], lower[:1]).returns
+    assert torch.equal(own, other)  # so the ties are real, and counted as half
+
+
+def test_one_held_out_piece_leaves_its_mismatched_music_accuracy_unmeasured(tmp_path):
+    rng = np.random.default_rng(1)
+    toy_demonstrations(eval_unseen=toy_split(rng, ["mPO0"], 2)).save_to_disk(str(tmp_path / "demos" / "demonstrations"))
+    overrides = ["--run_dir", str(tmp_path), "--output_dir", str(tmp_path / "reward"), "--codebook_size", str(TOY_CODES)]
+    overrides += ["--num_train_pairs", "64", "--num_eval_pairs", "16", "--num_train_epochs", "1", "--disable_tqdm", "true"]
+    assert reward_script().main([str(ROOT / "recipes" / "tiny.yaml"), *overrides]) == 0
+    diagnostics = json.loads((tmp_path / "reward" / "diagnostics.json").read_text())
+    assert diagnostics["mismatched_music_accuracy_unseen"] is None
+    assert 0.0 <= diagnostics["mismatched_music_accuracy_seen"] <= 1.0
+    assert "not measured (one piece)" in (tmp_path / "reward" / "README.md").read_text()
 
 
 def test_script_without_demonstrations_fails_cleanly(tmp_path, capsys):

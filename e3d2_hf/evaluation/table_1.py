@@ -249,8 +249,8 @@ REWARD_MODEL_KEYS = (
     "pair_accuracy_seen",
     "pair_accuracy_unseen",
     "pair_accuracy_train",
-    "music_pair_accuracy_seen",
-    "music_pair_accuracy_unseen",
+    "mismatched_music_accuracy_seen",
+    "mismatched_music_accuracy_unseen",
     "monotonic",
 )
 DIGITS = {"FID_k": 1, "FID_g": 1, "Div_k": 2, "Div_g": 2, "BAS": 4, "PFC": 4, "learned_return": 2}
@@ -296,7 +296,7 @@ def format_table_1(table: dict[str, Any]) -> str:
         lines.append(
             f"Reward model, held-out pair accuracy: seen music {_number(accuracy['pair_accuracy_seen'], 3)}, "
             f"unseen music {_number(accuracy['pair_accuracy_unseen'], 3)}; own vs another piece's music (chance 0.5): "
-            f"seen {_number(accuracy.get('music_pair_accuracy_seen'), 3)}, unseen {_number(accuracy.get('music_pair_accuracy_unseen'), 3)}."
+            f"seen {_number(accuracy.get('mismatched_music_accuracy_seen'), 3)}, unseen {_number(accuracy.get('mismatched_music_accuracy_unseen'), 3)}."
         )
     paired = [(label, table[key]["minus_bc_ci95"]) for key, label in ROW_LABELS.items() if "minus_bc_ci95" in table.get(key, {})]
     if paired:

@@ -59,7 +59,7 @@ logger = logging.getLogger(__name__)
 # hold the paper's noise-ranked pairs; the music sets only mismatched-music pairs (own music above
 # another piece's, same codes), which a reward model that ignores the music ranks at chance.
 HELDOUT_PAIR_SETS = {"seen": "eval_seen", "unseen": "eval_unseen"}
-MUSIC_PAIR_SETS = {"seen_music": "eval_seen", "unseen_music": "eval_unseen"}
+MISMATCHED_MUSIC_SETS = {"seen_mismatched": "eval_seen", "unseen_mismatched": "eval_unseen"}
 
 
 @dataclass
@@ -168,9 +168,14 @@ def bradley_terry_loss(preferred_returns: torch.Tensor, other_returns: torch.Ten
 
 
 def pair_accuracy(prediction: EvalPrediction) -> dict[str, float]:
-    """Share of pairs whose chosen (lower-noise) snippet gets the higher return; ties count as wrong."""
+    """Share of pairs whose chosen snippet gets the higher return, a tie counting half.
+
+    Half, not wrong: a mismatched-music pair holds the same codes twice, so a reward model that
+    ignores the music ties every such pair and should score chance (0.5), not 0.
+    """
     returns = np.asarray(prediction.predictions)
-    return {"pair_accuracy": float(np.mean(returns[:, 0] > returns[:, 1]))}
+    wins = (returns[:, 0] > returns[:, 1]) + 0.5 * (returns[:, 0] == returns[:, 1])
+    return {"pair_accuracy": float(np.mean(wins))}
 
 
 def collate_pair_snippets(features: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
@@ -253,7 +258,7 @@ def accuracy_per_epoch(log_history: list[dict[str, Any]]) -> list[dict[str, floa
     """The per-evaluation pair accuracies from the Trainer's log, one entry per evaluation (paper Figure 6)."""
     by_step: dict[int, dict[str, float]] = {}
     for entry in log_history:
-        for name in ("train", *HELDOUT_PAIR_SETS, *MUSIC_PAIR_SETS):
+        for name in ("train", *HELDOUT_PAIR_SETS, *MISMATCHED_MUSIC_SETS):
             key = f"eval_{name}_pair_accuracy"
             if key in entry:
                 point = by_step.setdefault(entry["step"], {"epoch": float(entry["epoch"]), "step": entry["step"]})
@@ -271,8 +276,8 @@ def plot_diagnostics(path: Path, curve: list[dict[str, float]], returns: dict[st
         ("train", "train pairs", "-"),
         ("seen", "held-out, seen music", "-"),
         ("unseen", "held-out, unseen music", "-"),
-        ("seen_music", "own vs other music, seen", "--"),
-        ("unseen_music", "own vs other music, unseen", "--"),
+        ("seen_mismatched", "own vs other music, seen", "--"),
+        ("unseen_mismatched", "own vs other music, unseen", "--"),
     ):
         points = [(point["epoch"], point[name]) for point in curve if name in point]
         if points:
@@ -324,8 +329,10 @@ def model_card(config: RewardTrainingConfig, diagnostics: dict[str, Any], pair_c
                         diagnostics["pair_accuracy_train"],
                         diagnostics["pair_accuracy_seen"],
                         diagnostics["pair_accuracy_unseen"],
-                        diagnostics["music_pair_accuracy_seen"],
-                        diagnostics["music_pair_accuracy_unseen"],
+                        *(
+                            "not measured (one piece)" if diagnostics[key] is None else diagnostics[key]
+                            for key in ("mismatched_music_accuracy_seen", "mismatched_music_accuracy_unseen")
+                        ),
                     ]
                 ],
             ),
@@ -382,8 +389,11 @@ def train_reward_model(config: RewardTrainingConfig) -> Path:
             for offset, name in enumerate(DEMONSTRATION_SPLITS)
         }
     )
-    for offset, (name, split) in enumerate(MUSIC_PAIR_SETS.items(), start=len(DEMONSTRATION_SPLITS)):
-        pairs[f"{split}_music"] = build_ranked_pairs(
+    for offset, (name, split) in enumerate(MISMATCHED_MUSIC_SETS.items(), start=len(DEMONSTRATION_SPLITS)):
+        if len(set(splits[split].music_ids)) < 2:
+            logger.warning("reward: %s has one piece of music, so no mismatched-music pairs: %s accuracy not measured", split, name)
+            continue
+        pairs[f"{split}_mismatched"] = build_ranked_pairs(
             splits[split], config.num_eval_pairs, seed=config.seed + offset, snippet_length=config.snippet_length, mismatched_music_fraction=1.0
         )
     is_main = config.process_index == 0
@@ -399,7 +409,7 @@ def train_reward_model(config: RewardTrainingConfig) -> Path:
     eval_sets = {
         "train": snippets(pairs["train"].select(range(min(config.num_eval_pairs, config.num_train_pairs))), "train"),
         **{name: snippets(pairs[split], split) for name, split in HELDOUT_PAIR_SETS.items()},
-        **{name: snippets(pairs[f"{split}_music"], split) for name, split in MUSIC_PAIR_SETS.items()},
+        **{name: snippets(pairs[f"{split}_mismatched"], split) for name, split in MISMATCHED_MUSIC_SETS.items() if f"{split}_mismatched" in pairs},
     }
     set_seed(config.seed)
     model = E3D2RewardModel(config.model_config())
@@ -429,8 +439,12 @@ def train_reward_model(config: RewardTrainingConfig) -> Path:
             "pair_accuracy_seen": float(final["eval_seen_pair_accuracy"]),
             "pair_accuracy_unseen": float(final["eval_unseen_pair_accuracy"]),
             "pair_accuracy_train": float(final["eval_train_pair_accuracy"]),
-            "music_pair_accuracy_seen": float(final["eval_seen_music_pair_accuracy"]),
-            "music_pair_accuracy_unseen": float(final["eval_unseen_music_pair_accuracy"]),
+            **{
+                f"mismatched_music_accuracy_{name.removesuffix('_mismatched')}": (
+                    float(final[f"eval_{name}_pair_accuracy"]) if name in eval_sets else None
+                )
+                for name in MISMATCHED_MUSIC_SETS
+            },
             "return_by_noise": by_noise,
             "monotonic": bool(np.all(np.diff(means) < 0)),
             "accuracy_per_epoch": accuracy_per_epoch(trainer.state.log_history),
@@ -444,13 +458,13 @@ def train_reward_model(config: RewardTrainingConfig) -> Path:
             write_extra=lambda folder: plot_diagnostics(folder / "diagnostics.png", diagnostics["accuracy_per_epoch"], by_noise),
         )
         logger.info(
-            "reward model -> %s: pair accuracy seen %.4f, unseen %.4f; own vs other music seen %.4f, unseen %.4f; "
+            "reward model -> %s: pair accuracy seen %.4f, unseen %.4f; own vs other music seen %s, unseen %s; "
             "return by noise %s (monotonic: %s)",
             final_dir,
             diagnostics["pair_accuracy_seen"],
             diagnostics["pair_accuracy_unseen"],
-            diagnostics["music_pair_accuracy_seen"],
-            diagnostics["music_pair_accuracy_unseen"],
+            diagnostics["mismatched_music_accuracy_seen"],
+            diagnostics["mismatched_music_accuracy_unseen"],
             {level: round(values["mean"], 3) for level, values in by_noise.items()},
             diagnostics["monotonic"],
         )
