@@ -47,6 +47,10 @@ from e3d2_hf.utils import E3D2Error, atomic_file, finite_float, run_lock
 ConfigT = TypeVar("ConfigT")
 
 # Keys of the recipe's top level that are not stage sections.
+# Keys of older recipes and what took their place, named in the error that refuses them.
+RENAMED_KEYS = {
+    "eval_seconds": "eval: dance_seconds (null: whole pieces) and fid_div_seconds; ppo: eval_dance_seconds and eval_fid_div_seconds",
+}
 RUN_KEYS = ("run_name", "runs_dir", "seed")
 # The stages in the order they run, each with the run folder's sub-folder it writes (where its record sits).
 STAGE_FOLDERS = {
@@ -183,7 +187,8 @@ def parse_recipe(config_cls: type[ConfigT], section: str, argv: list[str] | None
         own = dict(recipe.get(source) or {})
         unknown = sorted(set(own) - field_names)
         if unknown:
-            raise E3D2Error(f"{recipe_path}: unknown key '{unknown[0]}' in section '{source}' ({config_cls.__name__} has no such field)")
+            hint = f"; it was renamed: {RENAMED_KEYS[unknown[0]]}" if unknown[0] in RENAMED_KEYS else ""
+            raise E3D2Error(f"{recipe_path}: unknown key '{unknown[0]}' in section '{source}' ({config_cls.__name__} has no such field{hint})")
         if source == base:
             own = {name: value for name, value in own.items() if name not in NOT_INHERITED} | fixed
         refused = [name for name in own if source == section and name in fixed and own[name] != fixed[name]]

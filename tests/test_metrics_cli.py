@@ -185,6 +185,22 @@ def test_ground_truth_against_itself_from_a_prepared_dataset(tmp_path, capsys):
     assert report["BAS"] == pytest.approx(evaluate_dances(clips, clips, beats)["BAS"])
 
 
+def test_a_prepared_ground_truth_is_table_1s_reference_set(tmp_path, capsys):
+    """`e3d2 metrics --ground-truth RUN/data` compares with the motions outside the splits too, as Table 1 does."""
+    from e3d2_hf.data.prepare import REFERENCE_MOTIONS, write_reference_motions
+
+    dances = _dances(7, 5, 200)
+    clips = {f"gBR_sBM_cAll_d04_mBR0_ch{index:02d}": joints for index, joints in enumerate(dances[:4])}
+    _write_prepared_dataset(tmp_path / "data", clips)
+    write_reference_motions(tmp_path / "data" / REFERENCE_MOTIONS, {"gBR_sBM_cAll_d05_mBR0_ch09": dances[4]})
+    out = tmp_path / "report.json"
+    assert main(["metrics", "--generated", str(tmp_path / "data"), "--ground-truth", str(tmp_path / "data"), "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "ground truth: 5 clips" in printed and "generated: 4 clips" in printed
+    assert f"its reference set, every motion whole ({REFERENCE_MOTIONS} and the splits)" in printed
+    assert json.loads(out.read_text())["FID_k"] > 1e-3  # the fifth motion moves the reference away from the four
+
+
 def test_music_folder_finds_audio_by_clip_name_or_music_id(folders, tmp_path, monkeypatch, capsys):
     from e3d2_hf.data import music
 

@@ -203,3 +203,11 @@ def test_the_beat_ablation_keeps_its_reward(tmp_path):
     recipe = write_recipe(tmp_path, "run_name: toy\nppo_beat: {}\n")
     with pytest.raises(E3D2Error, match=r"command-line override: reward is fixed to 'beat' in stage 'ppo_beat', got 'learned'"):
         parse_recipe(PPOConfig, "ppo_beat", [recipe, "--reward", "learned"])
+
+
+def test_a_renamed_key_names_what_took_its_place(tmp_path):
+    from e3d2_hf.evaluation.table_1 import EvalConfig
+
+    recipe = write_recipe(tmp_path, "run_name: toy\neval:\n  eval_seconds: 20\n")
+    with pytest.raises(E3D2Error, match=r"unknown key 'eval_seconds' in section 'eval' \(EvalConfig has no such field; it was renamed: eval: dance_seconds"):
+        parse_recipe(EvalConfig, "eval", [recipe])

@@ -16,7 +16,9 @@ def _metrics(fid_k: float) -> dict[str, float]:
     return {"FID_k": fid_k, "FID_g": 2 * fid_k, "Div_k": 5.0, "Div_g": 6.0, "BAS": 0.25, "PFC": 1.0}
 
 
-def write_ppo_run(folder: Path, reward: str, evaluation_steps: list[int], *, do_sample: bool | None = True, episodes_per_step: int = 128) -> Path:
+def write_ppo_run(
+    folder: Path, reward: str, evaluation_steps: list[int], *, do_sample: bool | None = True, episodes_per_step: int = 128, evaluation: dict | None = None
+) -> Path:
     """A finished PPO run as the trainer leaves it: summary.json with its evaluations, policy/training_config.json."""
     steps = evaluation_steps[-1]
     summary = {
@@ -27,12 +29,13 @@ def write_ppo_run(folder: Path, reward: str, evaluation_steps: list[int], *, do_
     (folder / "policy").mkdir(parents=True)
     (folder / "summary.json").write_text(json.dumps(summary))
     if do_sample is not None:
-        (folder / "policy" / "training_config.json").write_text(json.dumps({"reward": reward, "eval_do_sample": do_sample}))
+        config = {"reward": reward, "eval_do_sample": do_sample, **(evaluation or {"eval_dance_seconds": None, "eval_fid_div_seconds": 20.0})}
+        (folder / "policy" / "training_config.json").write_text(json.dumps(config))
     return folder
 
 
 def test_each_evaluation_is_a_row_from_the_bc_policy_on(tmp_path):
-    write_ppo_run(tmp_path / "ppo", "learned", [25, 50])
+    write_ppo_run(tmp_path / "ppo", "learned", [25, 50], evaluation={"eval_seconds": 10.0})  # before the whole-piece protocol
     write_ppo_run(tmp_path / "ppo_beat", "beat", [5, 10], do_sample=False)
     table = table_2({"e3d2": tmp_path / "ppo", "beat": tmp_path / "ppo_beat"})
     assert [(row["method"], row["reward"], row["step"], row["interaction_steps"]) for row in table["rows"]] == [
@@ -45,15 +48,22 @@ def test_each_evaluation_is_a_row_from_the_bc_policy_on(tmp_path):
     assert "PFC" not in last  # the paper's Table 2 columns only
     assert table["runs"]["e3d2"]["decoding"] == "sampled" and table["runs"]["beat"]["decoding"] == "greedy"
     assert table["runs"]["beat"] == {
-        "folder": str(tmp_path / "ppo_beat"), "reward": "beat", "decoding": "greedy", "held_out_pieces": 44, "steps": 10,
-        "interaction_steps": 10 * 128 * 29,
+        "folder": str(tmp_path / "ppo_beat"), "reward": "beat", "decoding": "greedy", "dance_seconds": None, "fid_div_seconds": 20.0,
+        "held_out_pieces": 44, "steps": 10, "interaction_steps": 10 * 128 * 29,
     }  # fmt: skip
 
     lines = format_table_2(table, ROW_LABELS)
     assert lines[0].startswith("| Method | Reward | PPO steps | Interaction steps | FID_k | FID_g | Div_k | Div_g | BAS |")
     assert lines[4] == "| E3D2 | learned | 50 | 185,600 | 150.0 | 300.0 | 5.00 | 6.00 | 0.2500 | 65.00 | 5.000 |"
-    protocol = f"PPO, beat reward: {tmp_path / 'ppo_beat'}/summary.json, 44 held-out pieces, greedy decoding (the run's eval_do_sample), no intervals."
-    assert lines[-1] == protocol
+    assert lines[-3] == (
+        f"E3D2: {tmp_path / 'ppo'}/summary.json, 44 held-out pieces, sampled decoding (the run's eval_do_sample), "
+        "the first 10 s of each piece, FID/Div on the first 10 s, no intervals."
+    )
+    assert lines[-2] == (
+        f"PPO, beat reward: {tmp_path / 'ppo_beat'}/summary.json, 44 held-out pieces, greedy decoding (the run's eval_do_sample), "
+        "whole pieces, FID/Div on the first 20 s, no intervals."
+    )
+    assert lines[-1] == "The runs were evaluated differently (above): their rows compare within a run, not across runs."
     assert "Table 2: PPO's held-out evaluations" in format_table_1({"table_2": table})
 
 

@@ -55,12 +55,22 @@ def load_prepared_dances(folder: str | Path, with_beats: bool = False) -> tuple[
 
 
 def _load_side(
-    folder: Path, up_axis: str, what: str, with_beats: bool
+    folder: Path, up_axis: str, what: str, with_beats: bool, reference: bool = False
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None, str, dict[str, int]]:
-    """Clips (and, from a prepared dataset, beat tracks if asked), a description of the source, and the files' kinds."""
+    """Clips (and, from a prepared dataset, beat tracks if asked), a description of the source, and the files' kinds.
+
+    A prepared dataset as the `reference` (ground-truth) side gives Table 1's FID/Div reference set
+    (`load_reference_dances`: every motion, whole), so that `e3d2 metrics` and Table 1 agree.
+    """
     if is_prepared_dataset(folder):
         clips, beats = load_prepared_dances(folder, with_beats)
         described = f"prepared dataset, all splits{', music beats from its features' if with_beats else ''}"
+        if reference:
+            from e3d2_hf.data.prepare import REFERENCE_MOTIONS, load_prepared, load_reference_dances
+
+            clips = load_reference_dances(folder, load_prepared(folder))
+            if (folder / REFERENCE_MOTIONS).is_file():
+                described = f"prepared dataset: its reference set, every motion whole ({REFERENCE_MOTIONS} and the splits)"
         return clips, beats, described, {"prepared": len(clips)}
     clips, kinds = load_dance_folder(folder, up_axis, what)
     described = ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items()))
@@ -156,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
         generated, generated_beats, generated_source, kinds = _load_side(
             args.generated, args.up_axis, "generated dances", use_dataset_beats
         )
-        ground_truth, _, ground_truth_source, _ = _load_side(args.ground_truth, args.up_axis, "ground truth", False)
+        ground_truth, _, ground_truth_source, _ = _load_side(args.ground_truth, args.up_axis, "ground truth", False, reference=True)
         if args.fps is None:
             args.fps = EDGE_FPS if set(kinds) == {"edge"} else PROTOCOL_FPS
             if args.fps == EDGE_FPS:

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from e3d2_hf.data.prepare import load_prepared
+from e3d2_hf.data.prepare import REFERENCE_MOTIONS, load_prepared
 from e3d2_hf.evaluation.table_2 import format_table_2, table_2
 from e3d2_hf.evaluation.tables_3_and_5 import noise_level_table, seen_unseen_table, training_music_evaluation
 from e3d2_hf.metrics.intervals import DEFAULT_LEVEL, INTERVAL_METRICS, paired_interval
@@ -55,6 +55,16 @@ from e3d2_hf.utils import E3D2Error, atomic_file
 from e3d2_hf.versions import environment_versions
 
 logger = logging.getLogger(__name__)
+
+# What Table 1 carries of the reward model's diagnostics.json.
+REWARD_MODEL_KEYS = (
+    "pair_accuracy_seen",
+    "pair_accuracy_unseen",
+    "pair_accuracy_train",
+    "mismatched_music_accuracy_seen",
+    "mismatched_music_accuracy_unseen",
+    "monotonic",
+)
 
 METRICS_FILE = "metrics.json"
 TABLE_FILE = "metrics.md"
@@ -230,7 +240,11 @@ def evaluate_run(config: EvalConfig) -> dict[str, Any]:
         "generation": "cache",  # E3D2PolicyModel.generate's strategy: the rolling KV cache (= one banded forward)
         "intervals": {"level": DEFAULT_LEVEL, "resamples": config.resamples, "over": "held-out pieces", "method": "percentile bootstrap"},
         "ground_truth_clips": len(ground_truth.dances),
-        "fid_div_reference": "every motion of the dataset minus the ignore list, whole (Bailando's extract_aist_features.py)",
+        "fid_div_reference": (
+            "every motion of the dataset minus the ignore list, whole (Bailando's extract_aist_features.py)"
+            if (Path(config.data_path) / REFERENCE_MOTIONS).is_file()
+            else f"the prepared splits' dances only ({REFERENCE_MOTIONS} missing: prepared before the reference set had it)"
+        ),
         "config": dataclasses.asdict(config),
     }
     table["warnings"] = list(dict.fromkeys([str(warning.message) for warning in caught] + [m for e in evaluations for m in e.warnings]))
@@ -244,15 +258,6 @@ def evaluate_run(config: EvalConfig) -> dict[str, Any]:
     return table
 
 
-# What Table 1 carries of the reward model's diagnostics.json.
-REWARD_MODEL_KEYS = (
-    "pair_accuracy_seen",
-    "pair_accuracy_unseen",
-    "pair_accuracy_train",
-    "mismatched_music_accuracy_seen",
-    "mismatched_music_accuracy_unseen",
-    "monotonic",
-)
 DIGITS = {"FID_k": 1, "FID_g": 1, "Div_k": 2, "Div_g": 2, "BAS": 4, "PFC": 4, "learned_return": 2}
 
 

@@ -38,13 +38,26 @@ def _read_json(path: Path) -> dict[str, Any]:
     return value
 
 
-def _decoding(ppo_dir: Path) -> str | None:
-    """'sampled' or 'greedy', as the run's periodic evaluation decoded (its final config's `eval_do_sample`); None when unrecorded."""
+def _evaluation_protocol(ppo_dir: Path) -> dict[str, Any]:
+    """How the run's periodic evaluation danced and scored, from its final config (None where unrecorded).
+
+    `decoding`: 'sampled' or 'greedy' (`eval_do_sample`); `dance_seconds`: each piece danced for so
+    long (None: whole); `fid_div_seconds`: the FID/Div window. A run from before the whole-piece
+    protocol recorded `eval_seconds`, which cut the dance and scored all of it.
+    """
     config_file = ppo_dir / POLICY_FOLDER / CONFIG_FILE
-    if not config_file.is_file():
-        return None
-    do_sample = _read_json(config_file).get("eval_do_sample")
-    return None if do_sample is None else "sampled" if do_sample else "greedy"
+    config = _read_json(config_file) if config_file.is_file() else {}
+    do_sample = config.get("eval_do_sample")
+    protocol = {"decoding": None if do_sample is None else "sampled" if do_sample else "greedy"}
+    if "eval_seconds" in config:
+        return protocol | {"dance_seconds": config["eval_seconds"], "fid_div_seconds": config["eval_seconds"]}
+    return protocol | {"dance_seconds": config.get("eval_dance_seconds"), "fid_div_seconds": config.get("eval_fid_div_seconds")}
+
+
+def _describe(run: dict[str, Any]) -> str:
+    danced = "whole pieces" if run.get("dance_seconds") is None else f"the first {run['dance_seconds']:g} s of each piece"
+    window = "unrecorded" if run.get("fid_div_seconds") is None else f"the first {run['fid_div_seconds']:g} s"
+    return f"{run['decoding'] or 'unrecorded'} decoding (the run's eval_do_sample), {danced}, FID/Div on {window}"
 
 
 def ppo_evaluations(ppo_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
@@ -71,7 +84,7 @@ def ppo_evaluations(ppo_dir: str | Path) -> tuple[dict[str, Any], list[dict[str,
     protocol = {
         "folder": str(ppo_dir),
         "reward": summary["reward"],
-        "decoding": _decoding(ppo_dir),
+        **_evaluation_protocol(ppo_dir),
         "held_out_pieces": summary.get("held_out_pieces"),
         "steps": steps,
         "interaction_steps": summary["interaction_steps"],
@@ -110,10 +123,9 @@ def format_table_2(table: dict[str, Any], labels: dict[str, str]) -> list[str]:
         cells = [labels.get(row["method"], row["method"]), row["reward"], str(row["step"]), f"{row['interaction_steps']:,}"]
         lines.append("| " + " | ".join(cells + [_number(row[column], DIGITS[column]) for column in columns]) + " |")
     for method, run in table["runs"].items():
-        lines.append(
-            f"{labels.get(method, method)}: {run['folder']}/{SUMMARY_FILE}, {run['held_out_pieces']} held-out pieces, "
-            f"{run['decoding'] or 'unrecorded'} decoding (the run's eval_do_sample), no intervals."
-        )
+        lines.append(f"{labels.get(method, method)}: {run['folder']}/{SUMMARY_FILE}, {run['held_out_pieces']} held-out pieces, {_describe(run)}, no intervals.")
+    if len({_describe(run) for run in table["runs"].values()}) > 1:
+        lines.append("The runs were evaluated differently (above): their rows compare within a run, not across runs.")
     return lines
 
 
