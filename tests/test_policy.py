@@ -16,7 +16,7 @@ from safetensors import safe_open
 from e3d2_hf.models.configuration_policy import PolicyConfig
 from e3d2_hf.models.configuration_vqvae import VQVAEConfig
 from e3d2_hf.inference import music_to_joints
-from e3d2_hf.models.modeling_policy import BAILANDO_RECOMPUTE_STEPS, E3D2PolicyModel, dance_to_inputs
+from e3d2_hf.models.modeling_policy import BAILANDO_RECOMPUTE_STEPS, E3D2PolicyModel, dance_to_inputs, sliding_window_cache
 from e3d2_hf.models.modeling_vqvae import E3D2VQVAE
 from e3d2_hf.utils import E3D2Error
 
@@ -104,6 +104,23 @@ def test_cached_generation_equals_full_banded_forward_beyond_one_window():
             stepwise.append(one.lower_logits)
     torch.testing.assert_close(torch.cat(stepwise, 1), full.lower_logits, rtol=1e-4, atol=1e-5)
     assert cache.layers[0].keys.shape[-2] == CONTEXT - 1  # the cache rolled instead of growing
+
+
+def test_preallocated_window_cache_equals_transformers_sliding_cache_bit_for_bit():
+    """Chunks of 1 step (generation), several, and longer than the buffer: the same logits to the bit as DynamicCache."""
+    policy = tiny_policy()
+    chunks = [1] * 130 + [3, 40, 1, 200, 2, 1]  # 130 single steps wrap the 4-window buffer; 200 outgrows it
+    upper, lower, music = random_dance(2, sum(chunks))
+    theirs, ours, start = DynamicCache(config=policy.config), sliding_window_cache(policy.config), 0
+    with torch.no_grad():
+        for steps in chunks:
+            chunk = {"upper_codes": upper[:, start : start + steps], "lower_codes": lower[:, start : start + steps],
+                     "music_features": music[:, start : start + steps]}  # fmt: skip
+            expected = policy(**chunk, past_key_values=theirs).upper_logits
+            assert torch.equal(policy(**chunk, past_key_values=ours).upper_logits, expected), f"steps {start}..{start + steps}"
+            start += steps
+    assert ours.get_seq_length() == sum(chunks) and ours.layers[0].get_mask_sizes(1) == theirs.layers[0].get_mask_sizes(1)
+    assert ours.layers[0].capacity > 4 * CONTEXT  # the long chunk grew the buffer
 
 
 def test_recompute_window_equals_cache_inside_first_window_only():
