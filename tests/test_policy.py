@@ -300,6 +300,37 @@ def test_training_steps_fit_one_batch():
     assert loss.item() < 0.25 * first_loss
 
 
+def test_bfloat16_weights_choose_float32s_greedy_codes_inside_the_first_window():
+    """bf16 weights (for CPUs and GPUs with bf16 matmuls) keep fp32's greedy dance through the first window.
+
+    bf16 keeps 8 mantissa bits: on a random tiny policy the best two of 512 logits are often closer
+    than that rounding (about 4% of greedy codes differ there, and each difference changes the rest
+    of the dance). A policy that has learnt something has clear winners, so this one is first
+    trained 20 Adam steps on the dance it then generates to.
+    """
+    policy = tiny_policy(embedding_dropout=0.0, residual_dropout=0.0, attention_dropout=0.0).train()
+    upper, lower, music = random_dance(4, CONTEXT + 1, seed=10)
+    inputs = dance_to_inputs(upper, lower, music)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=1e-2)
+    for _ in range(20):
+        loss = policy(**inputs).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    policy.eval()
+    first = policy.join_pose_tokens(upper[:, :1], lower[:, :1])
+    float_tokens = policy.generate(music, first)
+    with torch.no_grad():
+        float_logits = policy(**{name: inputs[name] for name in ("upper_codes", "lower_codes", "music_features")}).upper_logits
+    policy.to(torch.bfloat16)
+    bfloat_tokens = policy.generate(music, first)
+    with torch.no_grad():
+        bfloat_logits = policy(**{name: inputs[name] for name in ("upper_codes", "lower_codes", "music_features")}).upper_logits
+    assert bfloat_logits.dtype == torch.bfloat16 and (bfloat_logits.float() - float_logits).abs().max() > 1e-3  # it did round
+    assert len(set(float_tokens[0].tolist())) > 10  # a moving dance, not one repeated code
+    torch.testing.assert_close(bfloat_tokens, float_tokens, rtol=0, atol=0)
+
+
 def test_bad_input_raises_clear_errors():
     policy = tiny_policy()
     upper, lower, music = random_dance(2, 31)
