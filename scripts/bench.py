@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import os
 import platform
 import socket
@@ -199,12 +200,19 @@ def _memory_bandwidth(gibibytes: float = 1.0, repeats: int = 3) -> tuple[float, 
 def _flops_of_dance(policy: Any, new_steps: int) -> tuple[float, float]:
     """(FLOPs of generating `new_steps` steps of one dance, steady-state FLOPs per token).
 
-    torch's FlopCounterMode counts the matmuls of two short batch-1 generations past the first
-    window; their difference gives the per-step cost, which is the same for every later step. It does
-    not count CPU attention, added from its shape: 2 x 2 x keys x hidden per token and block (QK^T and AV).
+    torch's FlopCounterMode counts the matmuls (taught MKL's packed linear) of two short batch-1
+    generations past the first window; their difference gives the per-step cost, which is the same
+    for every later step. It does not count CPU attention, added from its shape: 2 x 2 x keys x
+    hidden per token and block (QK^T and AV).
     """
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
+    from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
+
+    if hasattr(torch.ops.mkl, "_mkl_linear"):  # generation's packed linears (modeling_policy.mkl_packed_linears)
+
+        @register_flop_formula(torch.ops.mkl._mkl_linear)
+        def _packed_linear_flops(input_shape, packed_shape, weight_shape, *args, **kwargs) -> int:
+            return 2 * math.prod(input_shape[:-1]) * weight_shape[0] * weight_shape[1]
 
     config = policy.config
     short, longer = config.context_length + 1, 2 * config.context_length + 1
@@ -221,7 +229,7 @@ def _flops_of_dance(policy: Any, new_steps: int) -> tuple[float, float]:
 
 
 PROFILE_CATEGORIES = {  # torch ops by what they do in a generation step; the rest is "other ops"
-    "matmul": ("aten::addmm", "aten::mm", "aten::bmm", "aten::matmul"),
+    "matmul": ("aten::addmm", "aten::mm", "aten::bmm", "aten::matmul", "mkl::_mkl_linear", "mkl::_mkl_reorder_linear_weight"),
     "attention": ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_scaled_dot_product_attention_math"),
     "copies": ("aten::copy_", "aten::cat", "aten::index_put_", "aten::fill_"),
     "norms_and_activations": ("aten::native_layer_norm", "aten::gelu", "aten::softmax", "aten::_softmax"),

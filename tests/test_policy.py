@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -16,7 +18,8 @@ from safetensors import safe_open
 from e3d2_hf.models.configuration_policy import PolicyConfig
 from e3d2_hf.models.configuration_vqvae import VQVAEConfig
 from e3d2_hf.inference import music_to_joints
-from e3d2_hf.models.modeling_policy import BAILANDO_RECOMPUTE_STEPS, E3D2PolicyModel, dance_to_inputs, sliding_window_cache
+from e3d2_hf.models import modeling_policy
+from e3d2_hf.models.modeling_policy import BAILANDO_RECOMPUTE_STEPS, E3D2PolicyModel, dance_to_inputs, mkl_packed_linears, sliding_window_cache
 from e3d2_hf.models.modeling_vqvae import E3D2VQVAE
 from e3d2_hf.utils import E3D2Error
 
@@ -121,6 +124,25 @@ def test_preallocated_window_cache_equals_transformers_sliding_cache_bit_for_bit
             start += steps
     assert ours.get_seq_length() == sum(chunks) and ours.layers[0].get_mask_sizes(1) == theirs.layers[0].get_mask_sizes(1)
     assert ours.layers[0].capacity > 4 * CONTEXT  # the long chunk grew the buffer
+
+
+@pytest.mark.skipif(not hasattr(torch.ops.mkl, "_mkl_linear"), reason="this torch has no MKL packed linear")
+def test_mkl_packed_linears_keep_the_plain_results_and_generation_tokens():
+    policy = tiny_policy()
+    layer, inputs = policy.layers[0].mlp[0], torch.randn(3, 1, 32)
+    plain = layer(inputs)
+    with mkl_packed_linears(policy, rows=3):
+        assert "forward" in vars(layer)  # the packed GEMM is in use
+        torch.testing.assert_close(layer(inputs), plain)
+    assert "forward" not in vars(layer)  # nn.Linear's own forward again
+    _, _, music = random_dance(3, 71)
+    first = torch.tensor([[5], [70000], [262143]])
+    with mock.patch.object(modeling_policy, "mkl_packed_linears", lambda module, rows: contextlib.nullcontext()):
+        unpacked = policy.generate(music, first)
+    assert torch.equal(policy.generate(music, first), unpacked)
+    for untouched in (policy.train(), policy.eval().to(torch.bfloat16)):  # dropout / bf16 weights: plain linears
+        with mkl_packed_linears(untouched, rows=3):
+            assert "forward" not in vars(layer)
 
 
 def test_recompute_window_equals_cache_inside_first_window_only():
