@@ -140,6 +140,8 @@ def test_mkl_packed_linears_keep_the_plain_results_and_generation_tokens():
     with mock.patch.object(modeling_policy, "mkl_packed_linears", lambda module, rows: contextlib.nullcontext()):
         unpacked = policy.generate(music, first)
     assert torch.equal(policy.generate(music, first), unpacked)
+    with torch.autocast("cpu", dtype=torch.bfloat16), mkl_packed_linears(policy, rows=3):
+        assert "forward" not in vars(layer)  # autocast casts only its own ops' inputs
     for untouched in (policy.train(), policy.eval().to(torch.bfloat16)):  # dropout / bf16 weights: plain linears
         with mkl_packed_linears(untouched, rows=3):
             assert "forward" not in vars(layer)

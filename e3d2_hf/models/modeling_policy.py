@@ -271,12 +271,13 @@ def mkl_packed_linears(module: nn.Module, rows: int) -> Iterator[None]:
     A cached generation step multiplies every weight by a thin (batch x width) input; plain
     F.linear re-packs the weight panels at each call, the packed form does not (matmuls about
     10-20% faster at 32 rows, see scripts/bench.py's generation_roofline). The packed copy doubles
-    the weights' memory while inside. A no-op off CPU, for other dtypes, in training, or where
-    this torch has no MKL ops (the same ones torch.compile's CPU freezing uses).
+    the weights' memory while inside. A no-op off CPU, for other dtypes, in training, under CPU
+    autocast, or where this torch has no MKL ops (the same ones torch.compile's CPU freezing uses).
     """
     linears = [layer for layer in module.modules() if isinstance(layer, nn.Linear)]
     usable = (
         not module.training
+        and not torch.is_autocast_enabled("cpu")  # autocast would not cast the packed op's inputs
         and torch.backends.mkl.is_available()
         and hasattr(torch.ops.mkl, "_mkl_linear")
         and all(layer.weight.device.type == "cpu" and layer.weight.dtype == torch.float32 for layer in linears)
