@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import os
 import platform
 import socket
@@ -148,6 +149,221 @@ def bench_generation(
             "identical_tokens": round((cached[:, compared] == recomputed[:, compared]).float().mean().item(), 3),
             "identical_first_window": bool(torch.equal(cached[:, first_window], recomputed[:, first_window])),
         })  # fmt: skip
+    return rows
+
+
+def _linear_layers(policy: Any) -> list[Any]:
+    """The policy's matmuls with weights, in the order a generation step runs them (music embedding, blocks, heads)."""
+    import torch
+
+    return [module for module in policy.modules() if isinstance(module, torch.nn.Linear)]
+
+
+def _matmul_rate(policy: Any, rows: int, passes: int = 5) -> tuple[float, float]:
+    """(GFLOP/s, weight GB/s) of the policy's own linear layers on `rows` input rows: the shapes and weights generation uses.
+
+    Every pass runs all layers once, so the weights stream from memory as in a generation step;
+    the best of `passes` passes counts.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    layers = _linear_layers(policy)
+    inputs = {layer.in_features: torch.randn(rows, layer.in_features, dtype=policy.dtype) for layer in layers}
+    flops = sum(2 * rows * layer.in_features * layer.out_features for layer in layers)
+    weight_bytes = sum(parameter.nbytes for layer in layers for parameter in layer.parameters())
+    with torch.no_grad():
+        seconds = _seconds(lambda: [F.linear(inputs[layer.in_features], layer.weight, layer.bias) for layer in layers], passes)
+    return flops / seconds / 1e9, weight_bytes / seconds / 1e9
+
+
+def _square_matmul_rate(dtype: Any, size: int = 2048, repeats: int = 3) -> float:
+    """GFLOP/s of one large square matmul: the machine's compute peak for `dtype` as torch reaches it."""
+    import torch
+
+    left, right = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+    torch.matmul(left, right)
+    return 2 * size**3 / _seconds(lambda: torch.matmul(left, right), repeats) / 1e9
+
+
+def _memory_bandwidth(gibibytes: float = 1.0, repeats: int = 3) -> tuple[float, float]:
+    """(read GB/s, copy GB/s) over a buffer larger than the last-level cache: a reduction reads it, a copy reads and writes it."""
+    import torch
+
+    source = torch.ones(int(gibibytes * 2**30) // 4)
+    target = torch.empty_like(source)
+    read = source.nbytes / _seconds(lambda: source.sum(), repeats) / 1e9
+    copy = 2 * source.nbytes / _seconds(lambda: target.copy_(source), repeats) / 1e9
+    return read, copy
+
+
+def _flops_of_dance(policy: Any, new_steps: int) -> tuple[float, float]:
+    """(FLOPs of generating `new_steps` steps of one dance, steady-state FLOPs per token).
+
+    torch's FlopCounterMode counts the matmuls (taught MKL's packed linear) of two short batch-1
+    generations past the first window; their difference gives the per-step cost, which is the same
+    for every later step. It does not count CPU attention, added from its shape: 2 x 2 x keys x
+    hidden per token and block (QK^T and AV).
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
+
+    if hasattr(torch.ops.mkl, "_mkl_linear"):  # generation's packed linears (modeling_policy.mkl_packed_linears)
+
+        @register_flop_formula(torch.ops.mkl._mkl_linear)
+        def _packed_linear_flops(input_shape, packed_shape, weight_shape, *args, **kwargs) -> int:
+            return 2 * math.prod(input_shape[:-1]) * weight_shape[0] * weight_shape[1]
+
+    config = policy.config
+    short, longer = config.context_length + 1, 2 * config.context_length + 1
+    counted = []
+    for steps in (short, longer):
+        with FlopCounterMode(display=False) as counter:
+            policy.generate(torch.zeros(1, steps + 1, config.music_dim), torch.zeros(1, 1, dtype=torch.long))
+        counted.append(counter.get_total_flops())
+    per_step = (counted[1] - counted[0]) / (longer - short)
+    matmuls = counted[0] + (new_steps - short) * per_step
+    attention_per_key = 4 * config.hidden_size * config.num_hidden_layers
+    attention = sum(attention_per_key * min(position + 1, config.context_length) for position in range(new_steps))
+    return matmuls + attention, per_step + attention_per_key * config.context_length
+
+
+PROFILE_CATEGORIES = {  # torch ops by what they do in a generation step; the rest is "other ops"
+    "matmul": ("aten::addmm", "aten::mm", "aten::bmm", "aten::matmul", "mkl::_mkl_linear", "mkl::_mkl_reorder_linear_weight"),
+    "attention": ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_scaled_dot_product_attention_math"),
+    "copies": ("aten::copy_", "aten::cat", "aten::index_put_", "aten::fill_"),
+    "norms_and_activations": ("aten::native_layer_norm", "aten::gelu", "aten::softmax", "aten::_softmax"),
+    "elementwise": ("aten::add", "aten::mul", "aten::neg", "aten::div", "aten::argmax", "aten::embedding", "aten::index_select"),
+}
+
+
+def _profile_shares(policy: Any, music: Any, first: Any, new_steps: int) -> dict[str, float]:
+    """Share of the wall time of cached generation spent in each category of torch op (torch.profiler, self CPU time).
+
+    "python_and_dispatch" is the wall time no op accounts for: the interpreter, module calls, the loop.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    start = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        policy.generate(music, first, max_new_tokens=new_steps)
+    wall_us = (time.perf_counter() - start) * 1e6
+    by_op = {event.key: event.self_cpu_time_total for event in profiler.key_averages()}
+    shares = {name: sum(by_op.pop(op, 0.0) for op in ops) / wall_us for name, ops in PROFILE_CATEGORIES.items()}
+    shares["other_ops"] = sum(by_op.values()) / wall_us
+    shares["python_and_dispatch"] = max(0.0, 1.0 - sum(shares.values()))
+    return {f"profile_{name}": round(share, 3) for name, share in shares.items()}
+
+
+def _before_baseline(policy: Any, music: Any, first: Any, new_steps: int, tokens: Any, seconds: float) -> Row:
+    """The same generation as before the fast path: transformers' DynamicCache (a torch.cat of the window per layer and step) and plain F.linear."""
+    import contextlib
+    from unittest import mock
+
+    from transformers import DynamicCache
+
+    from e3d2_hf.models import modeling_policy
+
+    with (
+        mock.patch.object(modeling_policy, "sliding_window_cache", lambda config: DynamicCache(config=config)),
+        mock.patch.object(modeling_policy, "mkl_packed_linears", lambda module, rows: contextlib.nullcontext()),
+    ):
+        baseline_tokens, baseline_seconds, _ = _generate_timed(policy, music, first, new_steps, "cache")
+    return {
+        "before_s": round(baseline_seconds, 2),
+        "speedup_vs_before": round(baseline_seconds / seconds, 2),
+        "identical_tokens_vs_before": bool(baseline_tokens.equal(tokens)),
+    }
+
+
+def bench_generation_roofline(
+    steps: int = 450,
+    batch_sizes: tuple[int, ...] = (32, 1),
+    dtypes: tuple[str, ...] = ("float32", "bfloat16"),
+    profile_steps: int = 60,
+    seed: int = 0,
+) -> list[Row]:
+    """Cached generation at the paper's size on CPU as a fraction of what this machine's matmuls and memory allow, in one run.
+
+    Rows: the machine (square-matmul peak per dtype, read and copy bandwidth, threads, load
+    average), then per dtype and batch the generation of a `steps`-step dance (greedy, random
+    weights) against limits measured in the same run with the same threads:
+    roofline = min(square-matmul peak, FLOPs per weight byte x memory bandwidth), the classic
+    roofline for a step that must stream every weight once (at batch 32 in fp32, 16 FLOP per
+    byte); the model's own linear layers run back to back on `batch` rows just before the
+    generation (the matmuls alone at generation's shapes); and memory bandwidth (weights read per
+    step / bandwidth, the bound at batch 1), bandwidth being the best of a reduction, a copy and the
+    batch-1 weight read of those layers. The first batch's fp32 row adds the same generation as
+    before the fast path (transformers' DynamicCache, plain F.linear) and a torch.profiler
+    breakdown of `profile_steps` steps. Other dtypes compare their greedy tokens with fp32's inside
+    the first window.
+    """
+    import torch
+
+    from e3d2_hf.models.configuration_policy import PolicyConfig
+    from e3d2_hf.models.modeling_policy import E3D2PolicyModel
+
+    threads = torch.get_num_threads()
+    load_at_start = os.getloadavg()
+    config = PolicyConfig()
+    torch.manual_seed(seed)
+    float_policy = E3D2PolicyModel(config).eval()
+    new_steps = steps - 1
+    flops_per_dance, flops_per_token = _flops_of_dance(float_policy, new_steps)
+    read_bandwidth, copy_bandwidth = _memory_bandwidth()
+    weight_read_bandwidth = _matmul_rate(float_policy, rows=1)[1]
+    bandwidth = max(read_bandwidth, copy_bandwidth, weight_read_bandwidth)
+    rows = [{
+        "case": f"machine: cpu x{threads} threads, load average {load_at_start[0]:.2f} at start",
+        "threads": threads,
+        "square_matmul_gflops": {dtype: round(_square_matmul_rate(getattr(torch, dtype)), 1) for dtype in dtypes},
+        "read_gb_s": round(read_bandwidth, 1),
+        "copy_gb_s": round(copy_bandwidth, 1),
+        "weight_read_gb_s": round(weight_read_bandwidth, 1),
+        "mflop_per_token": round(flops_per_token / 1e6, 1),
+    }]  # fmt: skip
+    peaks = rows[0]["square_matmul_gflops"]
+    reference_tokens: dict[int, Any] = {}
+    for dtype in dtypes:
+        policy = float_policy.to(getattr(torch, dtype))  # in place: fp32 runs first, its tokens are the reference
+        weight_bytes = sum(parameter.nbytes for layer in _linear_layers(policy) for parameter in layer.parameters())
+        weight_bytes += 2 * config.hidden_size * policy.dtype.itemsize  # the two code-embedding rows of each token
+        for batch in batch_sizes:
+            generator = torch.Generator().manual_seed(seed + batch)
+            music = torch.randn(batch, steps, config.music_dim, generator=generator).to(policy.dtype)
+            first = torch.randint(0, config.vocab_size, (batch, 1), generator=generator)
+            policy.generate(music[:, : config.context_length + 2], first)  # warm-up: buffers, kernels
+            roofline_gflops, roofline_weight_gb_s = _matmul_rate(policy, batch)
+            tokens, seconds, _ = _generate_timed(policy, music, first, new_steps, "cache")
+            achieved_gflops = batch * flops_per_dance / seconds / 1e9
+            roofline = min(peaks[dtype], batch * flops_per_token / weight_bytes * bandwidth)
+            row = {
+                "case": f"generate {steps} steps, batch {batch}, {dtype}",
+                "ours_s": round(seconds, 2),
+                "tokens_per_s": round(batch * new_steps / seconds, 1),
+                "gflops": round(achieved_gflops, 1),
+                "roofline_gflops": round(roofline, 1),
+                "fraction_of_roofline": round(achieved_gflops / roofline, 3),
+                "shape_roofline_gflops": round(roofline_gflops, 1),
+                "fraction_of_shape_roofline": round(achieved_gflops / roofline_gflops, 3),
+                "fraction_of_square_peak": round(achieved_gflops / peaks[dtype], 3),
+                "weights_gb_s": round(weight_bytes * new_steps / seconds / 1e9, 1),
+                "shape_roofline_weights_gb_s": round(roofline_weight_gb_s, 1),
+                "fraction_of_bandwidth": round(weight_bytes * new_steps / seconds / 1e9 / bandwidth, 3),
+            }
+            if dtype == "float32":
+                reference_tokens[batch] = tokens
+                if batch == batch_sizes[0]:
+                    row.update(_before_baseline(policy, music, first, new_steps, tokens, seconds))
+                    if profile_steps:
+                        row.update(_profile_shares(policy, music, first, min(profile_steps, new_steps)))
+            elif batch in reference_tokens:
+                first_window = slice(1, min(config.context_length, new_steps) + 1)
+                row["identical_first_window_vs_float32"] = round(
+                    (tokens[:, first_window] == reference_tokens[batch][:, first_window]).float().mean().item(), 3
+                )
+            rows.append(row)
+    rows[0]["case"] += f", {os.getloadavg()[0]:.2f} at end"
     return rows
 
 
@@ -299,6 +515,7 @@ BENCHES: dict[str, Callable[[], list[Row]]] = {
     "music_features": bench_music_features,
     "metric_features": bench_metric_features,
     "generation": bench_generation,
+    "generation_roofline": bench_generation_roofline,
     "ppo": bench_ppo,
 }
 

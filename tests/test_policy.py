@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -16,7 +18,8 @@ from safetensors import safe_open
 from e3d2_hf.models.configuration_policy import PolicyConfig
 from e3d2_hf.models.configuration_vqvae import VQVAEConfig
 from e3d2_hf.inference import music_to_joints
-from e3d2_hf.models.modeling_policy import BAILANDO_RECOMPUTE_STEPS, E3D2PolicyModel, dance_to_inputs
+from e3d2_hf.models import modeling_policy
+from e3d2_hf.models.modeling_policy import BAILANDO_RECOMPUTE_STEPS, E3D2PolicyModel, dance_to_inputs, mkl_packed_linears, sliding_window_cache
 from e3d2_hf.models.modeling_vqvae import E3D2VQVAE
 from e3d2_hf.utils import E3D2Error
 
@@ -104,6 +107,44 @@ def test_cached_generation_equals_full_banded_forward_beyond_one_window():
             stepwise.append(one.lower_logits)
     torch.testing.assert_close(torch.cat(stepwise, 1), full.lower_logits, rtol=1e-4, atol=1e-5)
     assert cache.layers[0].keys.shape[-2] == CONTEXT - 1  # the cache rolled instead of growing
+
+
+def test_preallocated_window_cache_equals_transformers_sliding_cache_bit_for_bit():
+    """Chunks of 1 step (generation), several, and longer than the buffer: the same logits to the bit as DynamicCache."""
+    policy = tiny_policy()
+    chunks = [1] * 130 + [3, 40, 1, 200, 2, 1]  # 130 single steps wrap the 4-window buffer; 200 outgrows it
+    upper, lower, music = random_dance(2, sum(chunks))
+    theirs, ours, start = DynamicCache(config=policy.config), sliding_window_cache(policy.config), 0
+    with torch.no_grad():
+        for steps in chunks:
+            chunk = {"upper_codes": upper[:, start : start + steps], "lower_codes": lower[:, start : start + steps],
+                     "music_features": music[:, start : start + steps]}  # fmt: skip
+            expected = policy(**chunk, past_key_values=theirs).upper_logits
+            assert torch.equal(policy(**chunk, past_key_values=ours).upper_logits, expected), f"steps {start}..{start + steps}"
+            start += steps
+    assert ours.get_seq_length() == sum(chunks) and ours.layers[0].get_mask_sizes(1) == theirs.layers[0].get_mask_sizes(1)
+    assert ours.layers[0].capacity > 4 * CONTEXT  # the long chunk grew the buffer
+
+
+@pytest.mark.skipif(not hasattr(torch.ops.mkl, "_mkl_linear"), reason="this torch has no MKL packed linear")
+def test_mkl_packed_linears_keep_the_plain_results_and_generation_tokens():
+    policy = tiny_policy()
+    layer, inputs = policy.layers[0].mlp[0], torch.randn(3, 1, 32)
+    plain = layer(inputs)
+    with mkl_packed_linears(policy, rows=3):
+        assert "forward" in vars(layer)  # the packed GEMM is in use
+        torch.testing.assert_close(layer(inputs), plain)
+    assert "forward" not in vars(layer)  # nn.Linear's own forward again
+    _, _, music = random_dance(3, 71)
+    first = torch.tensor([[5], [70000], [262143]])
+    with mock.patch.object(modeling_policy, "mkl_packed_linears", lambda module, rows: contextlib.nullcontext()):
+        unpacked = policy.generate(music, first)
+    assert torch.equal(policy.generate(music, first), unpacked)
+    with torch.autocast("cpu", dtype=torch.bfloat16), mkl_packed_linears(policy, rows=3):
+        assert "forward" not in vars(layer)  # autocast casts only its own ops' inputs
+    for untouched in (policy.train(), policy.eval().to(torch.bfloat16)):  # dropout / bf16 weights: plain linears
+        with mkl_packed_linears(untouched, rows=3):
+            assert "forward" not in vars(layer)
 
 
 def test_recompute_window_equals_cache_inside_first_window_only():
@@ -281,6 +322,37 @@ def test_training_steps_fit_one_batch():
         loss.backward()
         optimizer.step()
     assert loss.item() < 0.25 * first_loss
+
+
+def test_bfloat16_weights_choose_float32s_greedy_codes_inside_the_first_window():
+    """bf16 weights (for CPUs and GPUs with bf16 matmuls) keep fp32's greedy dance through the first window.
+
+    bf16 keeps 8 mantissa bits: on a random tiny policy the best two of 512 logits are often closer
+    than that rounding (about 4% of greedy codes differ there, and each difference changes the rest
+    of the dance). A policy that has learnt something has clear winners, so this one is first
+    trained 20 Adam steps on the dance it then generates to.
+    """
+    policy = tiny_policy(embedding_dropout=0.0, residual_dropout=0.0, attention_dropout=0.0).train()
+    upper, lower, music = random_dance(4, CONTEXT + 1, seed=10)
+    inputs = dance_to_inputs(upper, lower, music)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=1e-2)
+    for _ in range(20):
+        loss = policy(**inputs).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    policy.eval()
+    first = policy.join_pose_tokens(upper[:, :1], lower[:, :1])
+    float_tokens = policy.generate(music, first)
+    with torch.no_grad():
+        float_logits = policy(**{name: inputs[name] for name in ("upper_codes", "lower_codes", "music_features")}).upper_logits
+    policy.to(torch.bfloat16)
+    bfloat_tokens = policy.generate(music, first)
+    with torch.no_grad():
+        bfloat_logits = policy(**{name: inputs[name] for name in ("upper_codes", "lower_codes", "music_features")}).upper_logits
+    assert bfloat_logits.dtype == torch.bfloat16 and (bfloat_logits.float() - float_logits).abs().max() > 1e-3  # it did round
+    assert len(set(float_tokens[0].tolist())) > 10  # a moving dance, not one repeated code
+    torch.testing.assert_close(bfloat_tokens, float_tokens, rtol=0, atol=0)
 
 
 def test_bad_input_raises_clear_errors():

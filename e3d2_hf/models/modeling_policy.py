@@ -30,7 +30,8 @@ Positions and long music
 Positions are rotary (RoPE, relative) and every block uses sliding-window causal attention of width
 `context_length` (29): step t attends to steps t-28..t. Within one window this is plain causal
 attention, so training on 29-step windows is unchanged. For longer music the per-layer KV cache rolls
-(transformers' `DynamicSlidingWindowLayer`, as in Mistral): one new token per step costs one
+(`SlidingWindowBufferLayer`: transformers' `DynamicSlidingWindowLayer`, as in Mistral, in a
+preallocated buffer): one new token per step costs one
 29-key attention per layer, and cached step-by-step generation equals a single forward over the whole
 dance with the banded mask (tested to the token). Beyond the first window this differs from Bailando's
 inference, which re-encodes the last steps as a fresh window at every step (so early tokens of that
@@ -47,7 +48,8 @@ Generation
 `generate(music_features (B, S, 438), first codes)` runs its own loop: greedy, or sampling with
 temperature and top-k applied to each half's 512 logits (which the joint-vocabulary top-k of
 transformers' loop cannot express), stage 2's eps-greedy noise (one coin per step), a seeded `torch.Generator`, a whole
-batch of pieces at once, strategy "cache" (default) or "recompute_window". transformers' own loop also
+batch of pieces at once, strategy "cache" (default) or "recompute_window". On CPU in fp32 the cached
+loop runs MKL's packed GEMM (`mkl_packed_linears`, weights packed once per call). transformers' own loop also
 works on this model (`GenerationMixin.generate(policy, input_ids=..., music_features=...)`, greedy gives
 the same tokens): `prepare_inputs_for_generation` feeds the music frame of each new token and asks for
 the joint log-probs of the last position only. `log_probs` scores whole dances for PPO (per-step
@@ -68,7 +70,9 @@ The VQ-VAE that turns codes back into joints travels with the policy (`policy_vq
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -77,8 +81,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, GenerationMixin, PreTrainedModel
-from transformers.cache_utils import Cache
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers.cache_utils import Cache, CacheLayerMixin
 from transformers.utils import ModelOutput
 
 from e3d2_hf.models.configuration_policy import PolicyConfig
@@ -181,6 +185,114 @@ def _sliding_window_mask(query_positions: torch.Tensor, num_keys: int, window: i
     key_positions = torch.arange(num_keys, device=query_positions.device) + (last - num_keys + 1)
     offsets = query_positions[:, None] - key_positions[None, :]
     return (offsets >= 0) & (offsets < window)
+
+
+class SlidingWindowBufferLayer(CacheLayerMixin):
+    """One layer's rolling KV cache in a preallocated buffer: what `DynamicSlidingWindowLayer` returns, without its copies.
+
+    transformers' sliding layer concatenates the past with the new keys and values at every step
+    (two full copies of the window per layer and step). Here the last `sliding_window - 1` steps sit
+    in time order in a buffer of `capacity` steps, new steps are written after them and the visible
+    keys are a view; only when the buffer is full do the kept steps move to its front, once every
+    `capacity - 2 * (sliding_window - 1)` steps. Keys keep their time order, so attention sums in
+    the same order as with transformers' layer.
+    """
+
+    is_sliding = True
+
+    def __init__(self, sliding_window: int, capacity: int):
+        super().__init__()
+        self.sliding_window = sliding_window
+        self.capacity = max(capacity, 2 * sliding_window - 1)
+        self.cumulative_length = 0
+        self.start = self.end = 0  # the buffer's steps [start, end) are the kept past
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.dtype, self.device = key_states.dtype, key_states.device
+        self.keys = key_states.new_empty(*key_states.shape[:2], self.capacity, key_states.shape[-1])
+        self.values = value_states.new_empty(*value_states.shape[:2], self.capacity, value_states.shape[-1])
+        self.is_initialized = True
+
+    def _make_room(self, new_steps: int) -> None:
+        """Move the kept steps to the buffer's front (a larger buffer for a chunk that would not fit)."""
+        kept = self.end - self.start
+        needed = 2 * (self.sliding_window - 1) + new_steps  # kept steps never overlap their new place
+        if needed > self.capacity:
+            self.capacity = needed
+            keys, values = self.keys, self.values
+            self.keys = keys.new_empty(*keys.shape[:2], needed, keys.shape[-1])
+            self.values = values.new_empty(*values.shape[:2], needed, values.shape[-1])
+        else:
+            keys, values = self.keys, self.values
+        self.keys[:, :, :kept] = keys[:, :, self.start : self.end]
+        self.values[:, :, :kept] = values[:, :, self.start : self.end]
+        self.start, self.end = 0, kept
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the new steps; return the kept past followed by them (views into the buffer)."""
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        new_steps = key_states.shape[-2]
+        if self.end + new_steps > self.capacity:
+            self._make_room(new_steps)
+        self.keys[:, :, self.end : self.end + new_steps] = key_states
+        self.values[:, :, self.end : self.end + new_steps] = value_states
+        visible = slice(self.start, self.end + new_steps)
+        self.end += new_steps
+        self.start = max(self.start, self.end - (self.sliding_window - 1))
+        self.cumulative_length += new_steps
+        return self.keys[:, :, visible], self.values[:, :, visible]
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        kept = min(self.cumulative_length, self.sliding_window - 1)
+        return kept + query_length, self.cumulative_length - kept
+
+    def get_seq_length(self) -> int:
+        return self.cumulative_length
+
+    def get_max_length(self) -> int:
+        return self.sliding_window
+
+
+def sliding_window_cache(config: PolicyConfig, capacity_windows: int = 4) -> Cache:
+    """The policy's rolling KV cache: one `SlidingWindowBufferLayer` per block, buffers of `capacity_windows` windows."""
+    capacity = capacity_windows * config.context_length
+    return Cache(layers=[SlidingWindowBufferLayer(config.context_length, capacity) for _ in range(config.num_hidden_layers)])
+
+
+def _mkl_packed_forward(linear: nn.Linear, packed_weight: torch.Tensor, rows: int, inputs: torch.Tensor) -> torch.Tensor:
+    return torch.ops.mkl._mkl_linear(inputs, packed_weight, linear.weight, linear.bias, rows)
+
+
+@contextlib.contextmanager
+def mkl_packed_linears(module: nn.Module, rows: int) -> Iterator[None]:
+    """Inside, `module`'s fp32 CPU linear layers run MKL's packed GEMM on weights packed once for `rows` input rows.
+
+    A cached generation step multiplies every weight by a thin (batch x width) input; plain
+    F.linear re-packs the weight panels at each call, the packed form does not (matmuls about
+    10-20% faster at 32 rows, see scripts/bench.py's generation_roofline). The packed copy doubles
+    the weights' memory while inside. A no-op off CPU, for other dtypes, in training, under CPU
+    autocast, or where this torch has no MKL ops (the same ones torch.compile's CPU freezing uses).
+    """
+    linears = [layer for layer in module.modules() if isinstance(layer, nn.Linear)]
+    usable = (
+        not module.training
+        and not torch.is_autocast_enabled("cpu")  # autocast would not cast the packed op's inputs
+        and torch.backends.mkl.is_available()
+        and hasattr(torch.ops.mkl, "_mkl_linear")
+        and all(layer.weight.device.type == "cpu" and layer.weight.dtype == torch.float32 for layer in linears)
+    )
+    if not usable:
+        yield
+        return
+    for layer in linears:
+        packed = torch.ops.mkl._mkl_reorder_linear_weight(layer.weight.detach(), rows)
+        layer.forward = functools.partial(_mkl_packed_forward, layer, packed, rows)
+    try:
+        yield
+    finally:
+        for layer in linears:
+            del layer.forward  # back to nn.Linear.forward
 
 
 class PolicyAttention(nn.Module):
@@ -433,7 +545,7 @@ class E3D2PolicyModel(CarriesVQVAE, PreTrainedModel, GenerationMixin):
                 f"training window of {steps} steps is longer than the policy's context of {self.config.context_length} steps"
             )
         if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
+            past_key_values = sliding_window_cache(self.config)
         output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         upper_logits, lower_logits, hidden_states = self._code_logits_of_tokens(
             upper_codes, lower_codes, music_features, past_key_values, output_hidden_states
@@ -644,18 +756,20 @@ class E3D2PolicyModel(CarriesVQVAE, PreTrainedModel, GenerationMixin):
         lower = torch.empty_like(upper)
         upper[:, :prompt_steps], lower[:, :prompt_steps] = prompt_upper, prompt_lower
         window = self.config.context_length if recompute_steps is None else recompute_steps
-        cache = DynamicCache(config=self.config) if strategy == "cache" else None
-        for step in tqdm(range(prompt_steps, total), desc=f"dance ({strategy})", disable=not progress, leave=False):
-            if cache is None:  # re-encode the last `window` steps as a fresh sequence
-                start = max(0, step - window)
-            else:  # the prompt once, then only the newest step against the rolling cache
-                start = 0 if step == prompt_steps else step - 1
-            upper_logits, lower_logits, _ = self._code_logits_of_tokens(
-                upper[:, start:step], lower[:, start:step], music[:, start + 1 : step + 1], cache
-            )
-            upper[:, step], lower[:, step] = choose(upper_logits[:, -1]), choose(lower_logits[:, -1])
-            if noise_level > 0:
-                upper[:, step], lower[:, step] = self._eps_greedy(upper[:, step], lower[:, step], noise_level, generator)
+        cache = sliding_window_cache(self.config) if strategy == "cache" else None
+        packed = mkl_packed_linears(self, batch) if cache is not None else contextlib.nullcontext()
+        with packed:
+            for step in tqdm(range(prompt_steps, total), desc=f"dance ({strategy})", disable=not progress, leave=False):
+                if cache is None:  # re-encode the last `window` steps as a fresh sequence
+                    start = max(0, step - window)
+                else:  # the prompt once, then only the newest step against the rolling cache
+                    start = 0 if step == prompt_steps else step - 1
+                upper_logits, lower_logits, _ = self._code_logits_of_tokens(
+                    upper[:, start:step], lower[:, start:step], music[:, start + 1 : step + 1], cache
+                )
+                upper[:, step], lower[:, step] = choose(upper_logits[:, -1]), choose(lower_logits[:, -1])
+                if noise_level > 0:
+                    upper[:, step], lower[:, step] = self._eps_greedy(upper[:, step], lower[:, step], noise_level, generator)
         return self.join_pose_tokens(upper, lower)
 
 
