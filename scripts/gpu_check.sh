@@ -29,5 +29,9 @@ for dtype in bf16 fp32; do  # 285 s each: both finish inside ten minutes
     status=1
   fi
 done
-echo "gpu_check: done; compare $OUT/bf16/scale_check.md with $OUT/fp32/scale_check.md"
+if [ "$status" -eq 0 ]; then
+  echo "gpu_check: done; compare $OUT/bf16/scale_check.md with $OUT/fp32/scale_check.md"
+else
+  echo "gpu_check: finished with a failed check (named above); the other's results are in $OUT" >&2
+fi
 exit $status

@@ -249,3 +249,19 @@ def test_gpu_check_runs_the_scale_check_in_bf16_then_fp32(tmp_path):
     assert [run.split()[0] for run in runs] == ["scripts/scale_check.py"] * 2
     for run, dtype in zip(runs, ("bf16", "fp32")):
         assert f"--device cuda --dtype {dtype} --steps 2 --out {tmp_path / 'out' / dtype}" in run and "recipes/e3d2.yaml" in run
+
+
+def test_gpu_check_goes_on_to_fp32_when_bf16_fails_and_exits_1(tmp_path):
+    calls = tmp_path / "calls.txt"
+    fake = tmp_path / "python"
+    fake.write_text(
+        f'#!/usr/bin/env bash\nif [ "$1" = -c ]; then echo "stand-in GPU"; exit 0; fi\necho "$@" >> {calls}\n'
+        'case "$*" in *"--dtype bf16"*) echo "stand-in: bf16 failed" >&2; exit 1;; esac\n'
+    )
+    fake.chmod(0o755)
+    environment = {**os.environ, "PYTHON": str(fake), "OUT": str(tmp_path / "out"), "STEPS": "2"}
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh")], capture_output=True, text=True, env=environment, timeout=60)
+    assert result.returncode == 1
+    assert [line.split("--dtype ")[1].split()[0] for line in calls.read_text().splitlines()] == ["bf16", "fp32"]
+    assert "gpu_check: the bf16 check did not finish" in result.stderr and "finished with a failed check" in result.stderr
+    assert "gpu_check: done" not in result.stdout
