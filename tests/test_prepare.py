@@ -247,6 +247,13 @@ def test_the_reference_set_is_every_motion_minus_the_ignore_list_at_full_length(
     (out / build.REFERENCE_MOTIONS).write_bytes(b"not a zip")
     with pytest.raises(E3D2Error, match=r"reference_motions.npz: not an .npz file of reference motions; prepare the data again"):
         build.load_reference_dances(out, data)
+    for bad, problem in (
+        (np.full((4, 24, 3), np.nan, np.float32), "has NaN or infinite joint positions"),
+        (np.full((4, 24, 3), "x"), "holds <U1 values, not numbers"),
+    ):
+        build.write_reference_motions(out / build.REFERENCE_MOTIONS, {"gBR_sBM_cAll_d04_mBR0_ch99": bad})
+        with pytest.raises(E3D2Error, match=rf"reference_motions.npz: motion 'gBR_sBM_cAll_d04_mBR0_ch99' {problem}; prepare the data again"):
+            build.load_reference_dances(out, data)
     (out / build.REFERENCE_MOTIONS).unlink()  # a dataset prepared before the reference set had its folder: the splits alone
     with caplog.at_level(logging.WARNING):
         assert set(build.load_reference_dances(out, data)) == {name for names in NAMES.values() for name in names}

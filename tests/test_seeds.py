@@ -11,6 +11,7 @@ import yaml
 from e3d2_hf import pipeline
 from e3d2_hf.data.prepare import PrepareConfig
 from e3d2_hf.evaluation.seeds import aggregate_seeds, format_seeds, seed_recipe, seed_variation
+from e3d2_hf.evaluation.table_1 import describe_dances
 from e3d2_hf.recipe import parse_recipe
 from e3d2_hf.trainers.bc import BCTrainingConfig
 from e3d2_hf.utils import E3D2Error
@@ -137,3 +138,14 @@ def test_the_seeds_run_each_pipeline_and_a_killed_run_continues(monkeypatch, tmp
     assert "| E3D2 | 101.0 +- 1.0 |" in (tmp_path / "runs" / "toy_seeds" / "seeds.md").read_text()
     with pytest.raises(E3D2Error, match="give distinct seeds"):
         pipeline.run_seeds(str(recipe), [1, 1])
+
+
+def test_seeds_evaluated_under_different_protocols_are_refused(tmp_path):
+    first = _write(tmp_path / "s0" / "metrics.json", _table(1.0, 2.0))
+    other = _table(1.0, 2.0)
+    other["protocol"] = {"pieces": 44, "eval_seconds": 10.0, "decoding": "greedy"}  # a Table 1 from before the whole-piece protocol
+    second = _write(tmp_path / "s1" / "metrics.json", other)
+    with pytest.raises(E3D2Error, match=r"s1/metrics.json was evaluated under another protocol than .*s0/metrics.json"):
+        aggregate_seeds({0: first, 1: second}, "training")
+    assert describe_dances(other["protocol"]) == "first 10.0 s of each piece (every metric on the cut)"
+    assert describe_dances(_table(1.0, 2.0)["protocol"]) == "whole pieces (FID/Div: first 20.0 s, BAS: whole dance)"

@@ -241,6 +241,10 @@ def load_reference_dances(run_data_dir: str | os.PathLike, data: Any) -> dict[st
     for name, joints in motions.items():
         if joints.ndim != 3 or joints.shape[1:] != (NUM_JOINTS, 3):
             raise E3D2Error(f"{path}: motion '{name}' has shape {joints.shape}, expected (T, {NUM_JOINTS}, 3)")
+        if not np.issubdtype(joints.dtype, np.number):
+            raise E3D2Error(f"{path}: motion '{name}' holds {joints.dtype} values, not numbers; prepare the data again")
+        if not np.isfinite(joints).all():
+            raise E3D2Error(f"{path}: motion '{name}' has NaN or infinite joint positions; prepare the data again")
         dances[name] = joints.astype(np.float32, copy=False)
     return dances
 

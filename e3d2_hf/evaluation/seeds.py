@@ -108,7 +108,15 @@ def aggregate_seeds(metrics_files: dict[int, str | Path], varies: str) -> dict[s
                 key: _statistics([None if table[label].get(key) is None or table["bc"].get(key) is None else table[label][key] - table["bc"][key] for table in tables.values()])
                 for key in SEED_METRICS
             }  # fmt: skip
-    first = next(iter(tables.values())).get("protocol", {})
+    protocol_keys = ("pieces", "splits", "dance_seconds", "fid_div_seconds", "eval_seconds", "bas_scope", "decoding", "generation")
+    protocols = {seed: {key: table.get("protocol", {}).get(key) for key in protocol_keys} for seed, table in tables.items()}
+    first = next(iter(protocols.values()))
+    differing = [seed for seed, protocol in protocols.items() if protocol != first]
+    if differing:
+        raise E3D2Error(
+            f"seeds: {metrics_files[differing[0]]} was evaluated under another protocol than {next(iter(metrics_files.values()))} "
+            "(pieces, dance length, FID/Div window, decoding); evaluate every seed the same way"
+        )
     return {
         "seeds": list(tables),
         "varies": varies,
@@ -116,7 +124,7 @@ def aggregate_seeds(metrics_files: dict[int, str | Path], varies: str) -> dict[s
         "rows": rows,
         "minus_bc": minus_bc,
         "rows_not_in_every_seed": somewhere,
-        "protocol": {key: first.get(key) for key in ("pieces", "splits", "dance_seconds", "fid_div_seconds", "bas_scope", "decoding", "generation")},
+        "protocol": {key: value for key, value in first.items() if value is not None or key != "eval_seconds"},
         "notes": {"std": "sample standard deviation over seeds (n - 1)", "minus_bc": "row minus BC within each seed, then over seeds"},
     }
 

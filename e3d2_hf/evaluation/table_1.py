@@ -130,7 +130,14 @@ def dance_protocol(config: EvalConfig) -> dict[str, Any]:
 
 
 def describe_dances(protocol: dict[str, Any]) -> str:
-    """`whole pieces (FID/Div: first 20.0 s, BAS: whole dance)` from a protocol record."""
+    """`whole pieces (FID/Div: first 20.0 s, BAS: whole dance)` from a protocol record.
+
+    A record from before the whole-piece protocol has `eval_seconds` instead: the dance was cut
+    there and every metric scored the cut.
+    """
+    if "eval_seconds" in protocol and "dance_seconds" not in protocol:
+        seconds = protocol["eval_seconds"]
+        return "whole pieces (every metric on all of it)" if seconds is None else f"first {seconds} s of each piece (every metric on the cut)"
     length = "whole pieces" if protocol.get("dance_seconds") is None else f"first {protocol['dance_seconds']} s of each piece"
     return f"{length} (FID/Div: first {protocol.get('fid_div_seconds')} s, BAS: {protocol.get('bas_scope', '?')})"
 
