@@ -294,61 +294,65 @@ def build_ranked_pairs(
     if mismatched_music_fraction > 0 and num_pieces < 2:
         raise E3D2Error(f"ranked pairs [{split.split}]: mismatched-music pairs need at least two pieces of music, found {num_pieces}")
     rng = np.random.default_rng(seed)
-    levels, level_of_row = np.unique(split.noise_levels, return_inverse=True)
-    num_levels = len(levels)
-    rows_by_level = np.argsort(level_of_row, kind="stable")
-    level_sizes = np.bincount(level_of_row, minlength=num_levels)
-    level_starts = np.concatenate(([0], np.cumsum(level_sizes)[:-1]))
-
+    levels = _RowGroups.of(split.noise_levels)
+    num_levels = len(levels.labels)
     first_level = rng.integers(num_levels, size=num_pairs)
     second_level = (first_level + rng.integers(1, num_levels, size=num_pairs)) % num_levels  # uniform over distinct levels
 
     def offsets_of(rows: np.ndarray) -> np.ndarray:
         return rng.integers(0, split.lengths[rows] - snippet_length + 1)
 
-    def draw(level: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        rows = rows_by_level[level_starts[level] + rng.integers(0, level_sizes[level])]
-        return rows, offsets_of(rows)
-
-    first_rows, first_offsets = draw(first_level)
-    second_rows, second_offsets = draw(second_level)
-    first_is_chosen = levels[first_level] < levels[second_level]
-    chosen = [np.where(first_is_chosen, first_rows, second_rows), np.where(first_is_chosen, first_offsets, second_offsets)]
-    rejected = [np.where(first_is_chosen, second_rows, first_rows), np.where(first_is_chosen, second_offsets, first_offsets)]
-    chosen_music, rejected_music = [array.copy() for array in chosen], [array.copy() for array in rejected]
+    first_rows = levels.draw(first_level, rng)
+    first_offsets = offsets_of(first_rows)
+    second_rows = levels.draw(second_level, rng)
+    second_offsets = offsets_of(second_rows)
+    first_is_chosen = levels.labels[first_level] < levels.labels[second_level]
+    sides = {
+        "chosen": {"row": np.where(first_is_chosen, first_rows, second_rows), "offset": np.where(first_is_chosen, first_offsets, second_offsets)},
+        "rejected": {"row": np.where(first_is_chosen, second_rows, first_rows), "offset": np.where(first_is_chosen, second_offsets, first_offsets)},
+    }
+    for side in sides.values():  # each side reads its own music ...
+        side["music_row"], side["music_offset"] = side["row"].copy(), side["offset"].copy()
 
     is_music_pair = rng.random(num_pairs) < mismatched_music_fraction
-    if is_music_pair.any():
-        count = int(is_music_pair.sum())
-        rows, offsets = draw(np.zeros(count, dtype=np.int64))  # the lowest noise level: the most dance-like codes
-        other_rows = _rows_with_other_music(split, rows, rng)
-        for side in (chosen, rejected):
-            side[0][is_music_pair], side[1][is_music_pair] = rows, offsets
-        chosen_music[0][is_music_pair], chosen_music[1][is_music_pair] = rows, offsets
-        rejected_music[0][is_music_pair], rejected_music[1][is_music_pair] = other_rows, offsets_of(other_rows)
+    if is_music_pair.any():  # ... except the rejected side of a mismatched-music pair
+        rows = levels.draw(np.zeros(int(is_music_pair.sum()), dtype=np.int64), rng)  # the lowest noise level: the most dance-like codes
+        offsets = offsets_of(rows)
+        pieces = _RowGroups.of(split.music_ids.astype(str))
+        other_piece = (pieces.group_of_row[rows] + rng.integers(1, len(pieces.labels), size=len(rows))) % len(pieces.labels)
+        other_rows = pieces.draw(other_piece, rng)
+        for name, side in sides.items():
+            side["row"][is_music_pair], side["offset"][is_music_pair] = rows, offsets
+            music = (rows, offsets) if name == "chosen" else (other_rows, offsets_of(other_rows))
+            side["music_row"][is_music_pair], side["music_offset"][is_music_pair] = music
 
     columns: dict[str, Any] = {"pair_kind": np.where(is_music_pair, "music", "noise").tolist()}
-    for side, (rows, offsets), (music_rows, music_offsets) in (
-        ("chosen", chosen, chosen_music),
-        ("rejected", rejected, rejected_music),
-    ):
-        columns[f"{side}_row"] = rows.astype(np.int64)
-        columns[f"{side}_offset"] = offsets.astype(np.int64)
-        columns[f"{side}_music_row"] = music_rows.astype(np.int64)
-        columns[f"{side}_music_offset"] = music_offsets.astype(np.int64)
-        columns[f"{side}_noise_level"] = split.noise_levels[rows]
-        columns[f"{side}_music_id"] = split.music_ids[music_rows].tolist()
+    for name, side in sides.items():
+        columns |= {f"{name}_{key}": values.astype(np.int64) for key, values in side.items()}
+        columns[f"{name}_noise_level"] = split.noise_levels[side["row"]]
+        columns[f"{name}_music_id"] = split.music_ids[side["music_row"]].tolist()
     return datasets.Dataset.from_dict(columns, split=datasets.NamedSplit(split.split))
 
 
-def _rows_with_other_music(split: DemonstrationSplit, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """For each of `rows`, a uniformly drawn row of the split whose music is another piece's."""
-    music_ids, music_of_row = np.unique(split.music_ids.astype(str), return_inverse=True)
-    rows_by_music = np.argsort(music_of_row, kind="stable")
-    music_sizes = np.bincount(music_of_row, minlength=len(music_ids))
-    music_starts = np.concatenate(([0], np.cumsum(music_sizes)[:-1]))
-    other_music = (music_of_row[rows] + rng.integers(1, len(music_ids), size=len(rows))) % len(music_ids)
-    return rows_by_music[music_starts[other_music] + rng.integers(0, music_sizes[other_music])]
+@dataclass(frozen=True)
+class _RowGroups:
+    """A split's rows grouped by a label (noise level, piece of music), for uniform draws within a group."""
+
+    labels: np.ndarray  # the distinct labels, sorted
+    group_of_row: np.ndarray
+    rows_by_group: np.ndarray  # row indices, grouped, each group in row order
+    sizes: np.ndarray
+    starts: np.ndarray
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> _RowGroups:
+        labels, group_of_row = np.unique(values, return_inverse=True)
+        sizes = np.bincount(group_of_row, minlength=len(labels))
+        return cls(labels, group_of_row, np.argsort(group_of_row, kind="stable"), sizes, np.concatenate(([0], np.cumsum(sizes)[:-1])))
+
+    def draw(self, groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """One uniformly drawn row of each of `groups`."""
+        return self.rows_by_group[self.starts[groups] + rng.integers(0, self.sizes[groups])]
 
 
 class RankedPairSnippets:

@@ -35,10 +35,16 @@ from e3d2_hf.utils import E3D2Error, atomic_file, numpy_file_kind
 EDGE_FPS = 30.0  # EDGE writes its dances (full_pose) at 30 fps
 
 
-def load_prepared_dances(folder: str | Path, with_beats: bool = False) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
-    """All sequences (train + val + test) of a prepared dataset, and their music beat tracks if asked."""
+def load_prepared_dances(
+    folder: str | Path, with_beats: bool = False, reference: bool = False
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+    """All sequences (train + val + test) of a prepared dataset, and their music beat tracks if asked.
+
+    With `reference`, the clips are Table 1's FID/Div reference set instead (`load_reference_dances`:
+    every motion, whole), so that `e3d2 metrics` and Table 1 compare with the same ground truth.
+    """
     from e3d2_hf.data.music import BEAT_COLUMN
-    from e3d2_hf.data.prepare import load_prepared
+    from e3d2_hf.data.prepare import load_prepared, load_reference_dances
 
     dataset_dict = load_prepared(folder)
     clips: dict[str, np.ndarray] = {}
@@ -51,6 +57,8 @@ def load_prepared_dances(folder: str | Path, with_beats: bool = False) -> tuple[
             clips[name] = np.asarray(row["joints"], dtype=np.float32)
             if beats is not None:
                 beats[name] = np.asarray(row["music_features"])[:, BEAT_COLUMN] > 0.5
+    if reference:
+        clips = load_reference_dances(folder, dataset_dict)
     return clips, beats
 
 
@@ -59,18 +67,15 @@ def _load_side(
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None, str, dict[str, int]]:
     """Clips (and, from a prepared dataset, beat tracks if asked), a description of the source, and the files' kinds.
 
-    A prepared dataset as the `reference` (ground-truth) side gives Table 1's FID/Div reference set
-    (`load_reference_dances`: every motion, whole), so that `e3d2 metrics` and Table 1 agree.
+    A prepared dataset as the `reference` (ground-truth) side gives Table 1's FID/Div reference set.
     """
     if is_prepared_dataset(folder):
-        clips, beats = load_prepared_dances(folder, with_beats)
-        described = f"prepared dataset, all splits{', music beats from its features' if with_beats else ''}"
-        if reference:
-            from e3d2_hf.data.prepare import REFERENCE_MOTIONS, load_prepared, load_reference_dances
+        from e3d2_hf.data.prepare import REFERENCE_MOTIONS
 
-            clips = load_reference_dances(folder, load_prepared(folder))
-            if (folder / REFERENCE_MOTIONS).is_file():
-                described = f"prepared dataset: its reference set, every motion whole ({REFERENCE_MOTIONS} and the splits)"
+        clips, beats = load_prepared_dances(folder, with_beats, reference)
+        described = f"prepared dataset, all splits{', music beats from its features' if with_beats else ''}"
+        if reference and (folder / REFERENCE_MOTIONS).is_file():
+            described = f"prepared dataset: its reference set, every motion whole ({REFERENCE_MOTIONS} and the splits)"
         return clips, beats, described, {"prepared": len(clips)}
     clips, kinds = load_dance_folder(folder, up_axis, what)
     described = ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items()))
