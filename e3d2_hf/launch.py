@@ -15,7 +15,7 @@ import argparse
 import os
 import socket
 
-from e3d2_hf.utils import E3D2Error
+from e3d2_hf.utils import E3D2Error, available_cpus
 
 
 def free_port() -> int:
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         raise E3D2Error(f"{args.script}: no such script")
     from torch.distributed.run import main as torchrun
 
-    threads = args.threads or max(1, (os.cpu_count() or 1) // args.num_processes)
+    threads = args.threads or max(1, available_cpus() // args.num_processes)
     os.environ["OMP_NUM_THREADS"] = str(threads)
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 

@@ -377,6 +377,11 @@ def array_sha256(array: np.ndarray) -> str:
     return digest.hexdigest()
 
 
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity: a container's share, not the host's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def cache_dir(kind: str) -> Path | None:
     """Folder for derived data that is safe to delete (`$E3D2_CACHE` or ~/.cache/e3d2_hf).
 

@@ -393,6 +393,28 @@ def bench_music_features(seconds: float = 60.0) -> list[Row]:
     return rows
 
 
+def bench_rest_skeleton_fit(frames: int = 30_720) -> list[Row]:
+    """A decoded batch put on the SMPL rest skeleton (what every decode does): bones placed directly vs rotations + FK.
+
+    30,720 frames: one PPO step of the beat reward at tiny size (128 episodes of 30 steps of 8 frames).
+    """
+    from e3d2_hf.metrics.reference import random_dance
+    from e3d2_hf.motion import fitting
+
+    joints = random_dance(np.random.default_rng(0), frames).astype(np.float64)
+    offsets = fitting._rest_offsets(None)
+    ours = _seconds(lambda: fitting.reached_positions(joints, offsets), repeats=3)
+    baseline = _seconds(lambda: fitting.positions_through_rotations(joints, offsets), repeats=3)
+    difference = float(np.max(np.abs(fitting.reached_positions(joints, offsets) - fitting.positions_through_rotations(joints, offsets))))
+    return [{
+        "case": f"rest-skeleton fit, {frames} frames",
+        "ours_s": round(ours, 4),
+        "baseline_s": round(baseline, 4),
+        "speedup": round(baseline / ours, 1),
+        "max_abs_difference": difference,
+    }]  # fmt: skip
+
+
 def _ppo_worker(result: Path, steps: int, threads: int) -> None:
     """One rank of the `ppo` section: a warm-up PPO step, then `steps` timed ones; rank 0 writes the timings.
 
@@ -514,6 +536,7 @@ def bench_ppo(steps: int = 5) -> list[Row]:
 BENCHES: dict[str, Callable[[], list[Row]]] = {
     "music_features": bench_music_features,
     "metric_features": bench_metric_features,
+    "rest_skeleton_fit": bench_rest_skeleton_fit,
     "generation": bench_generation,
     "generation_roofline": bench_generation_roofline,
     "ppo": bench_ppo,

@@ -258,3 +258,28 @@ def test_the_reference_set_is_every_motion_minus_the_ignore_list_at_full_length(
     with caplog.at_level(logging.WARNING):
         assert set(build.load_reference_dances(out, data)) == {name for names in NAMES.values() for name in names}
     assert "FID/Div compare with the splits' dances only" in caplog.text
+
+
+def test_music_streams_are_the_same_computed_in_parallel_or_one_by_one_and_name_a_bad_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    paths = []
+    for index, bpm in enumerate((90.0, 120.0, 150.0)):
+        paths.append(tmp_path / f"m{index}.wav")
+        write_click_track(paths[-1], 2.0, bpm)
+    paths.append(tmp_path / "corrupt.wav")
+    paths[-1].write_bytes(b"RIFF\x00\x00garbage, not audio")
+    one_by_one = build.music_streams_of(paths, feature_cache=False, num_proc=1)
+    in_parallel = build.music_streams_of(paths + paths[:1], feature_cache=True, num_proc=3)  # a file listed twice: computed once
+    assert list(in_parallel) == [str(path) for path in paths]
+    for path in paths[:3]:
+        for a, b in zip(one_by_one[str(path)], in_parallel[str(path)]):
+            assert a.shape[1] == music.MUSIC_FEATURE_DIM and np.array_equal(a, b)
+    assert isinstance(in_parallel[str(paths[3])], E3D2Error) and "corrupt.wav" in str(in_parallel[str(paths[3])])
+
+    def no_computing(*args, **kwargs):
+        raise AssertionError("cached features were computed again")
+
+    monkeypatch.setattr(music, "extract_music_features", no_computing)
+    cached = build.music_streams_of(paths[:3], feature_cache=True, num_proc=2)
+    assert all(np.array_equal(a, b) for path in paths[:3] for a, b in zip(cached[str(path)], one_by_one[str(path)]))
+    with pytest.raises(E3D2Error, match="num_proc must be at least 1"):
+        build.music_streams_of(paths, num_proc=0)

@@ -10,7 +10,7 @@ import pytest
 
 from e3d2_hf.data.aistpp import motion_joints
 from e3d2_hf.inference import Dance
-from e3d2_hf.motion import skeleton
+from e3d2_hf.motion import fitting, skeleton
 from e3d2_hf.motion.fitting import fit_rest_skeleton, fit_skeleton
 from e3d2_hf.render.smpl import FIT_TOLERANCE_M, fit_smpl, load_smpl, save_smpl
 from e3d2_hf.utils import E3D2Error, safe_load_pickle
@@ -47,6 +47,17 @@ def test_a_dance_put_on_the_rest_skeleton_has_smpls_bones_and_fits_exactly():
     assert fit_smpl(raw).fit_error_mean_m > 0.005  # the raw dance's bones differ from SMPL's
     smpl_dance = skeleton.forward_kinematics(np.random.default_rng(1).normal(scale=0.3, size=(40, 72)), np.zeros((40, 3)))
     np.testing.assert_allclose(fit_rest_skeleton(smpl_dance), smpl_dance, atol=1e-5)  # an SMPL body is already there
+
+
+def test_fitted_joints_are_the_forward_kinematics_of_the_solved_rotations_even_with_a_child_on_its_joint():
+    """`fit_skeleton`/`fit_rest_skeleton` place bones without rotations; they must reach what FK of the rotations reaches."""
+    knee, ankle = 4, 7  # a joint with one child
+    for offsets in (fitting._rest_offsets(None), fitting.bone_offsets(dance_like_joints(50, seed=11))):
+        raw = dance_like_joints(50, seed=11).astype(np.float64)
+        raw[5, ankle] = fitting.reached_positions(raw, offsets)[5, knee]  # the observed ankle exactly where the knee is placed
+        np.testing.assert_allclose(fitting.reached_positions(raw, offsets), fitting.positions_through_rotations(raw, offsets), atol=1e-9)
+    raw = dance_like_joints(50, seed=11)
+    np.testing.assert_array_equal(fit_skeleton(raw), fitting.reached_positions(raw.astype(np.float64), fitting.bone_offsets(raw)).astype(np.float32))
 
 
 def test_both_files_round_trip_and_the_pickle_reads_as_an_aistpp_motion(tmp_path):

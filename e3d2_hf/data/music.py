@@ -111,15 +111,27 @@ def music_features(path: str | os.PathLike, fps: float = 60.0, cache: bool = Tru
     check_audio_path(path)
     if not cache:
         return extract_music_features(path, fps)
+    entry = _cache_entry(path, fps)
+    features = read_cached_array(entry, _plausible_features)
+    if features is None:
+        features = extract_music_features(path, fps)
+        write_cached_array(entry, features)
+    return features
+
+
+def cached_music_features(path: str | os.PathLike, fps: float = 60.0) -> np.ndarray | None:
+    """The cached `music_features` of a file, or None when they would have to be computed."""
+    sample_rate_for(fps)
+    path = Path(path)
+    check_audio_path(path)
+    return read_cached_array(_cache_entry(path, fps), _plausible_features)
+
+
+def _cache_entry(path: Path, fps: float) -> Path | None:
     import librosa
 
     folder = cache_dir("music_features")
-    cached = folder / f"{file_sha256(path)}-{fps:g}fps-v{FEATURE_VERSION}-librosa{librosa.__version__}.npy" if folder else None
-    features = read_cached_array(cached, _plausible_features)
-    if features is None:
-        features = extract_music_features(path, fps)
-        write_cached_array(cached, features)
-    return features
+    return folder / f"{file_sha256(path)}-{fps:g}fps-v{FEATURE_VERSION}-librosa{librosa.__version__}.npy" if folder else None
 
 
 def _plausible_features(array: np.ndarray) -> bool:

@@ -129,23 +129,54 @@ def fit_rest_skeleton(joints: np.ndarray, rest: np.ndarray | None = None) -> np.
     return _pose_skeleton(joints, _rest_offsets(rest))
 
 
-FRAMES_PER_CHUNK = 2048  # (T, 24, 3, 3) work arrays stay a few MB, reused by the allocator instead of fresh pages
+FRAMES_PER_CHUNK = 2048  # (T, 24, 3) work arrays stay a few MB, reused by the allocator instead of fresh pages
 
 
 def _pose_skeleton(joints: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """FK of `joints_to_rotations(joints, offsets=offsets)`: the joints reached with those bones (float32).
-
-    Frames are solved independently, in chunks: fresh memory costs a page fault per page, which
-    made one 30,720-frame call take 2.4 s against 1.0 s in chunks (measured on 2 busy cores).
-    """
+    """`reached_positions` of `joints` (T, 24, 3) in chunks of frames (float32): work arrays are reused, not paged in."""
     fitted = np.empty(joints.shape, dtype=np.float32)
     for first in range(0, len(joints), FRAMES_PER_CHUNK):
-        chunk = joints[first : first + FRAMES_PER_CHUNK]
-        root, rotations = joints_to_rotations(chunk, offsets=offsets)
-        translations = np.broadcast_to(offsets, (len(chunk), NUM_JOINTS, 3)).copy()
-        translations[:, 0] = root
-        fitted[first : first + FRAMES_PER_CHUNK] = chain_forward_kinematics(translations, rotations, SMPL_PARENTS)
+        fitted[first : first + FRAMES_PER_CHUNK] = reached_positions(joints[first : first + FRAMES_PER_CHUNK], offsets)
     return fitted
+
+
+def reached_positions(joints: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """The joints (T, 24, 3) that forward kinematics of `joints_to_rotations(joints, offsets=offsets)` reaches.
+
+    Without those rotations: the parent's frame cancels out of each bone. A joint with one child
+    turns its offset onto the aim at the observed child, so the bone is the aim cut to the
+    offset's length; a joint with several takes the Kabsch fit of its offsets to the aims, which
+    is the same in the world frame as in its parent's. (Solving the rotations and then the
+    forward kinematics, `positions_through_rotations`, takes 4-5x as long: `scripts/bench.py
+    --only rest_skeleton_fit`.) A child on top of its joint has no aim: those frames are solved
+    through the rotations.
+    """
+    lengths = np.linalg.norm(offsets, axis=-1)
+    positions = np.empty_like(joints, dtype=np.float64)
+    positions[:, 0] = joints[:, 0]
+    aimless = np.zeros(len(joints), dtype=bool)
+    for joint, children in enumerate(SMPL_CHILDREN):
+        if not children:
+            continue
+        aims = joints[:, children] - positions[:, joint, None]
+        if len(children) == 1:
+            aim_lengths = np.linalg.norm(aims[:, 0], axis=-1)
+            aimless |= aim_lengths <= 1e-12
+            bones = aims * (lengths[children[0]] / np.maximum(aim_lengths, 1e-12))[:, None, None]
+        else:
+            bones = np.einsum("tij,kj->tki", best_fit_rotation(offsets[children], aims), offsets[children])
+        positions[:, children] = positions[:, joint, None] + bones
+    if aimless.any():
+        positions[aimless] = positions_through_rotations(joints[aimless], offsets)
+    return positions
+
+
+def positions_through_rotations(joints: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Forward kinematics of `joints_to_rotations(joints, offsets=offsets)` (T, 24, 3): what `reached_positions` gives, the long way."""
+    root, rotations = joints_to_rotations(joints, offsets=offsets)
+    translations = np.broadcast_to(offsets, (len(root), NUM_JOINTS, 3)).copy()
+    translations[:, 0] = root
+    return chain_forward_kinematics(translations, rotations, SMPL_PARENTS)
 
 
 def joints_to_smpl(joints: np.ndarray, rest: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
