@@ -17,6 +17,8 @@ $(BIN)/e3d2: pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q -e ".[dev,music]"
+	@echo "compiling librosa's numba kernels once for this venv (about 35 s; the first music features would otherwise)"
+	$(BIN)/python -c "import numpy; from e3d2_hf.data.music import extract_music_features; extract_music_features(numpy.random.default_rng(0).normal(0, 0.1, 4 * 30720).astype(numpy.float32))"
 	touch $@
 
 setup: $(BIN)/e3d2

@@ -267,8 +267,10 @@ def test_music_streams_are_the_same_computed_in_parallel_or_one_by_one_and_name_
         write_click_track(paths[-1], 2.0, bpm)
     paths.append(tmp_path / "corrupt.wav")
     paths[-1].write_bytes(b"RIFF\x00\x00garbage, not audio")
+    filters = list(warnings.filters)
     one_by_one = build.music_streams_of(paths, feature_cache=False, num_proc=1)
     in_parallel = build.music_streams_of(paths + paths[:1], feature_cache=True, num_proc=3)  # a file listed twice: computed once
+    assert warnings.filters == filters  # threads silencing warnings leave no filter behind
     assert list(in_parallel) == [str(path) for path in paths]
     for path in paths[:3]:
         for a, b in zip(one_by_one[str(path)], in_parallel[str(path)]):

@@ -24,6 +24,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,7 +128,9 @@ def music_streams_of(paths: Iterable[Path], feature_cache: bool = True, num_proc
         else:
             missing.append(path)
     workers = max(1, min(len(missing), num_proc or available_cpus()))
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    # The feature code silences some librosa warnings with `catch_warnings`, which is not thread-safe
+    # (two threads interleaved can leave a filter behind): whatever they do, the filters come back here.
+    with warnings.catch_warnings(), concurrent.futures.ThreadPoolExecutor(workers) as pool:
         computed = pool.map(_music_streams, missing, itertools.repeat(feature_cache))
         streams.update(zip(missing, tqdm(computed, total=len(missing), desc="music features", unit="file")))
     return streams
