@@ -64,7 +64,7 @@ DERIVED_SECTIONS = {"ppo_beat": ("ppo", {"reward": "beat"})}
 NOT_INHERITED = frozenset({"output_dir"})
 STAGE_RECORD = "stage_recipe.json"
 # Fields that steer how a stage runs, not what it makes: changing them is no reason to run it again.
-HOW_IT_RUNS = frozenset({"overwrite_output_dir", "resume", "disable_tqdm"})
+HOW_IT_RUNS = frozenset({"overwrite_output_dir", "resume", "disable_tqdm", "feature_threads"})
 
 
 def load_recipe(path: str | os.PathLike) -> dict[str, Any]:

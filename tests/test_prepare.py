@@ -268,8 +268,8 @@ def test_music_streams_are_the_same_computed_in_parallel_or_one_by_one_and_name_
     paths.append(tmp_path / "corrupt.wav")
     paths[-1].write_bytes(b"RIFF\x00\x00garbage, not audio")
     filters = list(warnings.filters)
-    one_by_one = build.music_streams_of(paths, feature_cache=False, num_proc=1)
-    in_parallel = build.music_streams_of(paths + paths[:1], feature_cache=True, num_proc=3)  # a file listed twice: computed once
+    one_by_one = build.music_streams_of(paths, feature_cache=False, feature_threads=1)
+    in_parallel = build.music_streams_of(paths + paths[:1], feature_cache=True, feature_threads=3)  # a file listed twice: computed once
     assert warnings.filters == filters  # threads silencing warnings leave no filter behind
     assert list(in_parallel) == [str(path) for path in paths]
     for path in paths[:3]:
@@ -281,7 +281,14 @@ def test_music_streams_are_the_same_computed_in_parallel_or_one_by_one_and_name_
         raise AssertionError("cached features were computed again")
 
     monkeypatch.setattr(music, "extract_music_features", no_computing)
-    cached = build.music_streams_of(paths[:3], feature_cache=True, num_proc=2)
+    cached = build.music_streams_of(paths[:3], feature_cache=True, feature_threads=2)
     assert all(np.array_equal(a, b) for path in paths[:3] for a, b in zip(cached[str(path)], one_by_one[str(path)]))
-    with pytest.raises(E3D2Error, match="num_proc must be at least 1"):
-        build.music_streams_of(paths, num_proc=0)
+    with pytest.raises(E3D2Error, match="feature_threads must be at least 1"):
+        build.music_streams_of(paths, feature_threads=0)
+
+
+def test_feature_threads_is_no_reason_to_prepare_again() -> None:
+    from e3d2_hf.recipe import stage_values
+
+    assert stage_values(build.PrepareConfig(feature_threads=1)) == stage_values(build.PrepareConfig())
+    assert stage_values(build.PrepareConfig(seed=1)) != stage_values(build.PrepareConfig())

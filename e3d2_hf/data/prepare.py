@@ -106,16 +106,16 @@ def _music_streams(path_text: str, feature_cache: bool) -> MusicStreams | E3D2Er
         return E3D2Error(f"{path}: cannot compute music features ({type(exc).__name__}: {exc})")
 
 
-def music_streams_of(paths: Iterable[Path], feature_cache: bool = True, num_proc: int | None = None) -> dict[str, MusicStreams | E3D2Error]:
+def music_streams_of(paths: Iterable[Path], feature_cache: bool = True, feature_threads: int | None = None) -> dict[str, MusicStreams | E3D2Error]:
     """Both streams of each music file (many AIST++ dances share one), or the error that names the file.
 
     The features are most of `prepare`'s time and the files are independent: those not in the cache
-    are computed `num_proc` at a time (None: one per CPU this process may use), in threads, since
+    are computed `feature_threads` at a time (None: one per CPU this process may use), in threads, since
     librosa's HPSS median filter and FFTs run without the GIL (1.8x on two cores). The features do
     not depend on it.
     """
-    if num_proc is not None and num_proc < 1:
-        raise E3D2Error(f"prepare: num_proc must be at least 1, got {num_proc}")
+    if feature_threads is not None and feature_threads < 1:
+        raise E3D2Error(f"prepare: feature_threads must be at least 1, got {feature_threads}")
     streams: dict[str, MusicStreams | E3D2Error] = {}
     missing = []
     for path in dict.fromkeys(str(path) for path in paths):
@@ -127,7 +127,7 @@ def music_streams_of(paths: Iterable[Path], feature_cache: bool = True, num_proc
             streams[path] = (cached[0], cached[1])
         else:
             missing.append(path)
-    workers = max(1, min(len(missing), num_proc or available_cpus()))
+    workers = max(1, min(len(missing), feature_threads or available_cpus()))
     # The feature code silences some librosa warnings with `catch_warnings`, which is not thread-safe
     # (two threads interleaved can leave a filter behind): whatever they do, the filters come back here.
     with warnings.catch_warnings(), concurrent.futures.ThreadPoolExecutor(workers) as pool:
@@ -331,7 +331,7 @@ def prepare_dataset(
     gender: str = "male",
     smpl_model_dir: str | os.PathLike | None = None,
     feature_cache: bool = True,
-    num_proc: int | None = None,
+    feature_threads: int | None = None,
 ) -> Path:
     """Write the prepared DatasetDict (train/val/test) and its manifest to `out_dir`; returns `out_dir`.
 
@@ -339,7 +339,7 @@ def prepare_dataset(
     `<aistpp_dir>/wavs`) or `synthetic_sequences` (the embedded default: that many procedural
     sequences, or a `SyntheticPlan`, are first written in the AIST++ layout to `synthetic_dir`,
     default `<out_dir>_raw`, then read like AIST++). A sequence that cannot be read is skipped with a warning and counted;
-    a split left without any sequence is an error. `num_proc` processes compute the music features (`music_streams_of`).
+    a split left without any sequence is an error. `feature_threads` music files are featurised at once (`music_streams_of`).
     """
     import datasets
 
@@ -373,7 +373,7 @@ def prepare_dataset(
             raise E3D2Error(f"{source_dir / 'splits' / f'crossmodal_{split}.txt'}: lists no sequence (after the ignore list)")
 
     music_paths = [sequence.music_path for sequences in split_sequences.values() for sequence in sequences if sequence.music_path.is_file()]
-    music_streams = music_streams_of(music_paths, feature_cache, num_proc)
+    music_streams = music_streams_of(music_paths, feature_cache, feature_threads)
     split_rows = {
         split: _SplitRows(split, sequences, music_streams, gender, None if smpl_model_dir is None else str(smpl_model_dir))
         for split, sequences in split_sequences.items()
@@ -490,7 +490,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--smpl-model-dir", metavar="DIR", help="SMPL model files; default: the built-in rest skeleton")
     parser.add_argument("--gender", choices=GENDERS, default="male", help="SMPL body (AIST++ uses male)")
     parser.add_argument("--no-feature-cache", action="store_true", help="recompute music features instead of using the cache")
-    parser.add_argument("--num-proc", metavar="N", type=int, help="processes computing music features (default: one per CPU)")
+    parser.add_argument("--feature-threads", metavar="N", type=int, help="music files featurised at once, in threads (default: one per CPU)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -507,7 +507,7 @@ def run(args: argparse.Namespace) -> int:
         gender=args.gender,
         smpl_model_dir=args.smpl_model_dir,
         feature_cache=not args.no_feature_cache,
-        num_proc=args.num_proc,
+        feature_threads=args.feature_threads,
     )
     return 0
 
@@ -527,7 +527,7 @@ class PrepareConfig:
     gender: str = field(default="male", metadata={"help": "SMPL body of the forward kinematics (male: AIST++'s; female needs smpl_model_dir)."})
     smpl_model_dir: str | None = field(default=None, metadata={"help": "Your SMPL model files, used through smplx (default: the built-in rest skeleton)."})
     feature_cache: bool = field(default=True, metadata={"help": "Reuse music features cached by content hash (E3D2_CACHE)."})
-    num_proc: int | None = field(default=None, metadata={"help": "Processes computing music features (null: one per CPU; the features do not depend on it)."})
+    feature_threads: int | None = field(default=None, metadata={"help": "Music files featurised at once, in threads (null: one per CPU; the features do not depend on it)."})
 
 
 def _seconds_pair(values: list[float] | None, name: str) -> tuple[float, float] | None:
@@ -559,5 +559,5 @@ def prepare_from_config(config: PrepareConfig) -> Path:
         gender=config.gender,
         smpl_model_dir=config.smpl_model_dir,
         feature_cache=config.feature_cache,
-        num_proc=config.num_proc,
+        feature_threads=config.feature_threads,
     )
