@@ -49,15 +49,19 @@ def test_a_dance_put_on_the_rest_skeleton_has_smpls_bones_and_fits_exactly():
     np.testing.assert_allclose(fit_rest_skeleton(smpl_dance), smpl_dance, atol=1e-5)  # an SMPL body is already there
 
 
-def test_fitted_joints_are_the_forward_kinematics_of_the_solved_rotations_even_with_a_child_on_its_joint():
+def test_fitted_joints_are_the_forward_kinematics_of_the_solved_rotations_even_on_degenerate_frames():
     """`fit_skeleton`/`fit_rest_skeleton` place bones without rotations; they must reach what FK of the rotations reaches."""
-    knee, ankle = 4, 7  # a joint with one child
-    for offsets in (fitting._rest_offsets(None), fitting.bone_offsets(dance_like_joints(50, seed=11))):
-        raw = dance_like_joints(50, seed=11).astype(np.float64)
-        raw[5, ankle] = fitting.reached_positions(raw, offsets)[5, knee]  # the observed ankle exactly where the knee is placed
-        np.testing.assert_allclose(fitting.reached_positions(raw, offsets), fitting.positions_through_rotations(raw, offsets), atol=1e-9)
-    raw = dance_like_joints(50, seed=11)
-    np.testing.assert_array_equal(fit_skeleton(raw), fitting.reached_positions(raw.astype(np.float64), fitting.bone_offsets(raw)).astype(np.float32))
+    knee, ankle, spine3 = 4, 7, 9  # a joint with one child; one with three (neck and collars)
+    frames = fitting.FRAMES_PER_CHUNK + 60  # two chunks, degenerate frames in both
+    for offsets in (fitting._rest_offsets(None), fitting.bone_offsets(dance_like_joints(frames, seed=11))):
+        raw = dance_like_joints(frames, seed=11).astype(np.float64)
+        placed = fitting.reached_positions(raw, offsets)
+        raw[5, ankle] = placed[5, knee]  # the observed ankle exactly where the knee is placed: no aim
+        raw[frames - 3, [12, 13, 14]] = placed[frames - 3, spine3] + np.outer([1.0, 2.0, 3.0], [0.0, 0.05, 0.01])  # on one line
+        raw[frames - 1] = 0.0  # a collapsed pose: every aim zero
+        through_rotations = fitting.positions_through_rotations(raw, offsets)
+        np.testing.assert_allclose(fitting.reached_positions(raw, offsets), through_rotations, atol=1e-9)
+        np.testing.assert_allclose(fitting._pose_skeleton(raw, offsets), through_rotations, atol=1e-6)
 
 
 def test_both_files_round_trip_and_the_pickle_reads_as_an_aistpp_motion(tmp_path):

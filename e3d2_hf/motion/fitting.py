@@ -147,9 +147,10 @@ def reached_positions(joints: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     turns its offset onto the aim at the observed child, so the bone is the aim cut to the
     offset's length; a joint with several takes the Kabsch fit of its offsets to the aims, which
     is the same in the world frame as in its parent's. (Solving the rotations and then the
-    forward kinematics, `positions_through_rotations`, takes 4-5x as long: `scripts/bench.py
-    --only rest_skeleton_fit`.) A child on top of its joint has no aim: those frames are solved
-    through the rotations.
+    forward kinematics, `positions_through_rotations`, takes 3x as long: `scripts/bench.py
+    --only rest_skeleton_fit`.) A child on top of its joint has no aim, and children on one line
+    no unique fit: those frames are solved through the rotations. (Within 5e-5 rad of pointing
+    opposite its offset, a bone here is exact where the rotation solve snaps to a half turn.)
     """
     lengths = np.linalg.norm(offsets, axis=-1)
     positions = np.empty_like(joints, dtype=np.float64)
@@ -164,6 +165,10 @@ def reached_positions(joints: np.ndarray, offsets: np.ndarray) -> np.ndarray:
             aimless |= aim_lengths <= 1e-12
             bones = aims * (lengths[children[0]] / np.maximum(aim_lengths, 1e-12))[:, None, None]
         else:
+            # Kabsch is unique only for a covariance of rank >= 2 (aims not all on one line, not all
+            # zero); otherwise the two frames may pick different rotations: solve those through them.
+            spread = np.linalg.svd(np.einsum("ki,tkj->tij", offsets[children], aims), compute_uv=False)
+            aimless |= spread[:, 1] <= 1e-9 * np.maximum(spread[:, 0], 1e-12)
             bones = np.einsum("tij,kj->tki", best_fit_rotation(offsets[children], aims), offsets[children])
         positions[:, children] = positions[:, joint, None] + bones
     if aimless.any():
